@@ -1,0 +1,142 @@
+/* The child: from clone to exec, top to bottom.
+ *
+ * Runs between clone and exec: async-signal-safe only. It shares the
+ * parent's memory (CLONE_VM) while the parent thread sleeps (CLONE_VFORK),
+ * so it reads what the parent prepared, writes only its own stack, and never
+ * allocates, locks, or calls into Python. Any failure is sent to the parent
+ * as one `struct pc_error` over the close-on-exec error pipe, then the child
+ * exits; a successful exec closes the pipe instead.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+/* The child shares the parent's memory but has its own copy of the signal
+ * handlers. A handler inherited from the parent (Python's, say) would run
+ * parent code on shared memory, so every caught signal goes back to its
+ * default; ignored ones stay ignored, as across exec, except SIGPIPE and
+ * SIGXFSZ, which Python ignores for itself (subprocess restores them too).
+ * Signals stay blocked until just before exec. */
+static int reset_signal_handlers(struct pc_error *err)
+{
+    struct sigaction default_action = {.sa_handler = SIG_DFL};
+
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction current;
+
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        /* Fails for the signals libc reserves for itself: nothing to do. */
+        if (sigaction(sig, NULL, &current) < 0)
+            continue;
+        if (current.sa_handler == SIG_DFL)
+            continue;
+        if (current.sa_handler == SIG_IGN && sig != SIGPIPE && sig != SIGXFSZ)
+            continue;
+        if (sigaction(sig, &default_action, NULL) < 0)
+            return pc_fail(err, PC_STEP_SIGNALS, errno, NULL);
+    }
+    return 0;
+}
+
+/* Only 0, 1, 2 reach the program: every other inherited fd is marked
+ * close-on-exec (the error pipe already is, and must stay open until exec). */
+static int close_other_fds(struct pc_error *err)
+{
+    struct rlimit limit;
+
+    if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+        return 0;
+    if (errno != ENOSYS && errno != EINVAL)
+        return pc_fail(err, PC_STEP_CLOSE_FDS, errno, NULL);
+    /* Kernels before 5.11: mark them one by one. */
+    if (getrlimit(RLIMIT_NOFILE, &limit) < 0)
+        return pc_fail(err, PC_STEP_CLOSE_FDS, errno, NULL);
+    for (rlim_t fd = 3; fd < limit.rlim_cur && fd < (1U << 20); fd++)
+        fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+    return 0;
+}
+
+/* Try each prepared path as execvpe(3) would: skip the ones that do not
+ * exist, remember a permission error, stop at any other error. Returns only
+ * on failure. */
+static int exec_program(const struct pc_spawn_request *request, struct pc_error *err)
+{
+    const char *const *paths = request->exec_paths;
+    const char *failed_path = paths[0];
+    int failed_errno = ENOENT;
+
+    for (size_t i = 0; paths[i] != NULL; i++) {
+        execve(paths[i], request->argv, request->envp);
+        switch (errno) {
+        case ENOENT:
+        case ENOTDIR:
+        case ESTALE:
+        case ENODEV:
+        case ETIMEDOUT:
+            continue;
+        case EACCES:
+            if (failed_errno != EACCES) {
+                failed_errno = EACCES;
+                failed_path = paths[i];
+            }
+            continue;
+        default:
+            return pc_fail(err, PC_STEP_EXEC, errno, paths[i]);
+        }
+    }
+    return pc_fail(err, PC_STEP_EXEC, failed_errno, failed_path);
+}
+
+static int run_steps(const struct pc_child_args *args, struct pc_error *err)
+{
+    const struct pc_spawn_request *request = args->request;
+    mode_t caller_umask = umask(0); /* so device nodes get exactly 0666 */
+
+    if (reset_signal_handlers(err) < 0)
+        return -1;
+    if (pc_rootfs_make_private(err) < 0)
+        return -1;
+    if (pc_rootfs_open_layers(request, err) < 0)
+        return -1;
+    if (pc_rootfs_mount_overlay(request, args->overlay_options, err) < 0)
+        return -1;
+    if (pc_rootfs_mount_proc_sys(err) < 0)
+        return -1;
+    if (pc_rootfs_mount_dev(err) < 0)
+        return -1;
+    /* (pre_pivot hook: here) */
+    if (pc_rootfs_pivot(err) < 0)
+        return -1;
+    if (request->cwd != NULL && chdir(request->cwd) < 0)
+        return pc_fail(err, PC_STEP_CHDIR, errno, request->cwd);
+    if (close_other_fds(err) < 0)
+        return -1;
+    /* (pre_exec hook: here) */
+    umask(caller_umask);
+    sigprocmask(SIG_SETMASK, &args->parent_mask, NULL);
+    return exec_program(request, err);
+}
+
+int pc_child_main(void *child_args)
+{
+    const struct pc_child_args *args = child_args;
+    struct pc_error err;
+
+    run_steps(args, &err);
+    /* One write of a record smaller than PIPE_BUF is atomic; if it fails
+     * there is no one left to tell. */
+    (void)!write(args->error_fd, &err, sizeof err);
+    _exit(127);
+}

@@ -1,0 +1,48 @@
+/* Error records; the convention is described in error.h. */
+#include "error.h"
+
+#include <stddef.h>
+
+static const char *const step_names[PC_STEP_COUNT] = {
+    [PC_STEP_NONE] = "none",
+    [PC_STEP_PREPARE] = "prepare",
+    [PC_STEP_CLONE] = "clone",
+    [PC_STEP_SIGNALS] = "reset-signals",
+    [PC_STEP_MAKE_PRIVATE] = "make-private",
+    [PC_STEP_OPEN_LAYER] = "open-layer",
+    [PC_STEP_MOUNT_SCRATCH] = "mount-scratch",
+    [PC_STEP_MKDIR] = "mkdir",
+    [PC_STEP_MOUNT_OVERLAY] = "mount-overlay",
+    [PC_STEP_MOUNT_PROC] = "mount-proc",
+    [PC_STEP_MOUNT_SYS] = "mount-sys",
+    [PC_STEP_MOUNT_DEV] = "mount-dev",
+    [PC_STEP_MKNOD] = "mknod",
+    [PC_STEP_SYMLINK] = "symlink",
+    [PC_STEP_PIVOT_ROOT] = "pivot-root",
+    [PC_STEP_DETACH_OLD_ROOT] = "detach-old-root",
+    [PC_STEP_CHDIR] = "chdir",
+    [PC_STEP_CLOSE_FDS] = "close-fds",
+    [PC_STEP_EXEC] = "exec",
+};
+
+int pc_fail(struct pc_error *err, enum pc_step step, int errnum, const char *detail)
+{
+    size_t i = 0;
+
+    err->step = (int32_t)step;
+    err->err = errnum;
+    /* A hand-written strlcpy: the libc string functions are not on the
+     * async-signal-safe list everywhere, and this runs in the child. */
+    if (detail != NULL)
+        for (; i < PC_DETAIL_MAX - 1 && detail[i] != '\0'; i++)
+            err->detail[i] = detail[i];
+    err->detail[i] = '\0';
+    return -1;
+}
+
+const char *pc_step_name(int step)
+{
+    if (step < 0 || step >= PC_STEP_COUNT || step_names[step] == NULL)
+        return "unknown";
+    return step_names[step];
+}

@@ -1,0 +1,52 @@
+/* Declarations shared between the C core's files; not part of the public
+ * interface (pycontain.h). Each file owns one concern:
+ *
+ *   spawn.c    parent side: prepares, clones, collects the child's verdict
+ *   clone.c    clone3 with a pidfd and a separate stack, clone(2) fallback
+ *   child.c    the child's setup sequence, top to bottom, then exec
+ *   rootfs.c   child side: overlay, /proc, /sys, /dev, pivot_root
+ *   overlay.c  parent side: the overlayfs mount options
+ *   error.c    error records (convention in error.h)
+ */
+#ifndef PYCONTAIN_INTERNAL_H
+#define PYCONTAIN_INTERNAL_H
+
+#include <signal.h>
+
+#include "pycontain.h"
+
+/* The mount data of mount(2) is one page; the kernel cuts the rest. */
+#define PC_OVERLAY_OPTIONS_MAX 4096
+
+/* Everything the child reads: prepared by the parent before clone. */
+struct pc_child_args {
+    const struct pc_spawn_request *request;
+    const char *overlay_options;
+    sigset_t parent_mask; /* the caller's signal mask, restored before exec */
+    int error_fd;         /* write end of the close-on-exec error pipe */
+};
+
+/* overlay.c (parent side) */
+int pc_overlay_options(const struct pc_spawn_request *request, char *buf, size_t size,
+                       struct pc_error *err);
+
+/* clone.c (parent side): start fn(arg) on `stack` in a new process with
+ * CLONE_VM | CLONE_VFORK | CLONE_PIDFD | `namespaces`. Returns the pid, or -1
+ * with errno set. The calling thread is suspended until the child execs or
+ * exits. */
+pid_t pc_clone(unsigned long namespaces, int (*fn)(void *), void *arg, void *stack,
+               size_t stack_size, int *pidfd, int force_legacy);
+
+/* child.c: the child's entry point; never returns. */
+int pc_child_main(void *child_args);
+
+/* rootfs.c (child side, async-signal-safe) */
+int pc_rootfs_make_private(struct pc_error *err);
+int pc_rootfs_open_layers(const struct pc_spawn_request *request, struct pc_error *err);
+int pc_rootfs_mount_overlay(const struct pc_spawn_request *request, const char *options,
+                            struct pc_error *err);
+int pc_rootfs_mount_proc_sys(struct pc_error *err);
+int pc_rootfs_mount_dev(struct pc_error *err);
+int pc_rootfs_pivot(struct pc_error *err);
+
+#endif

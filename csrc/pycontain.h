@@ -1,0 +1,75 @@
+/* pycontain: run a program in a lightweight Linux container.
+ *
+ * The public interface of the C core. It has no Python in it: the CPython
+ * module (pycontain/_core.c) is one client, a C program can be another.
+ *
+ * A spawn is described by a `struct pc_spawn_request`, every string of which
+ * the caller builds beforehand: the code that runs in the child between
+ * clone and exec never allocates (see docs/spawn.md).
+ */
+#ifndef PYCONTAIN_H
+#define PYCONTAIN_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "error.h"
+
+/* Which namespaces a container gets: CLONE_NEW* flags from <sched.h>. */
+#define PC_DEFAULT_NAMESPACES \
+    (CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC)
+
+struct pc_spawn_request {
+    /* CLONE_NEW* flags; CLONE_NEWNS is required (all mounts live in it). */
+    unsigned long namespaces;
+
+    /* An existing directory of the caller's filesystem over which the child
+     * mounts its private tmpfs. The tmpfs holds the overlay's mount point
+     * and, without upper_fd, the overlay's upper and work directories. It
+     * exists only in the child's mount namespace. */
+    const char *scratch_dir;
+
+    /* Read-only layers, uppermost first: absolute paths, each with an fd
+     * the caller opened on it (O_PATH is enough) after checking it. The
+     * child reopens each path in its own mount namespace (overlayfs only
+     * takes directories of the mounting namespace), checks that it is still
+     * the same directory, and puts it on the same fd number; overlayfs is
+     * then told /proc/self/fd/N, so no path needs escaping. */
+    const char *const *layer_paths;
+    const int *layer_fds;
+    size_t layer_count;
+
+    /* The writable layer and its overlayfs work directory (same mount), as
+     * path and fd like the layers, or NULL and -1 for a throwaway upper
+     * layer on the private tmpfs. */
+    const char *upper_path;
+    int upper_fd;
+    const char *work_path;
+    int work_fd;
+
+    /* Directory to chdir to inside the container (NULL: "/"). */
+    const char *cwd;
+
+    /* Paths to try with execve, in order, NULL-terminated: one entry for a
+     * program named with a slash, one per PATH entry otherwise. */
+    const char *const *exec_paths;
+    char *const *argv;
+    char *const *envp;
+
+    /* Testing knob: skip clone3 and use the clone(2) fallback. */
+    int force_legacy_clone;
+};
+
+/* A started container: its pid in the caller's PID namespace and a pidfd
+ * (close-on-exec) for race-free waiting and signalling. */
+struct pc_process {
+    pid_t pid;
+    int pidfd;
+};
+
+/* Start a container. Returns 0 once the program has been exec'd, or -1 with
+ * `err` filled in if any step failed (nothing is left running then). */
+int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
+             struct pc_error *err);
+
+#endif

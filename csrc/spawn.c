@@ -1,0 +1,110 @@
+/* Parent side of a spawn: prepare, clone, collect the child's verdict.
+ *
+ * Runs in the caller's thread (with the GIL released, when the caller is
+ * Python). Other threads may run meanwhile, so everything it creates is
+ * close-on-exec, and the child only uses what is prepared here.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+/* The child's setup needs a few KiB; the guard page below turns an overflow
+ * into a crash of the child instead of silent corruption of the parent's
+ * memory, which the child shares. */
+#define CHILD_STACK_SIZE (64 * 1024)
+
+static void *map_child_stack(size_t *mapped)
+{
+    size_t guard = (size_t)sysconf(_SC_PAGESIZE);
+    char *base;
+
+    *mapped = guard + CHILD_STACK_SIZE;
+    base = mmap(NULL, *mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (base == MAP_FAILED)
+        return NULL;
+    if (mprotect(base, guard, PROT_NONE) < 0) {
+        munmap(base, *mapped);
+        return NULL;
+    }
+    return base;
+}
+
+int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
+             struct pc_error *err)
+{
+    char options[PC_OVERLAY_OPTIONS_MAX];
+    struct pc_child_args child_args = {.request = request, .overlay_options = options};
+    struct pc_error child_err;
+    sigset_t all_signals;
+    int pipe_fds[2], pidfd = -1, clone_errno;
+    size_t stack_mapped, guard;
+    char *stack;
+    pid_t pid;
+    ssize_t n;
+
+    if (pc_overlay_options(request, options, sizeof options, err) < 0)
+        return -1;
+    if (request->exec_paths == NULL || request->exec_paths[0] == NULL)
+        return pc_fail(err, PC_STEP_PREPARE, EINVAL, "no program to exec");
+    /* Non-blocking: when clone returns, the child has exec'd or exited, so
+     * whatever it had to say is already in the pipe. Not waiting for EOF
+     * means a concurrent fork in another thread holding the write end
+     * cannot stall us. */
+    if (pipe2(pipe_fds, O_CLOEXEC | O_NONBLOCK) < 0)
+        return pc_fail(err, PC_STEP_PREPARE, errno, "pipe");
+    child_args.error_fd = pipe_fds[1];
+    stack = map_child_stack(&stack_mapped);
+    if (stack == NULL) {
+        close(pipe_fds[0]);
+        close(pipe_fds[1]);
+        return pc_fail(err, PC_STEP_PREPARE, errno, "child stack");
+    }
+    guard = stack_mapped - CHILD_STACK_SIZE;
+
+    /* No signal handler may run in the child on the parent's memory: block
+     * everything across clone; the child resets its handlers, then restores
+     * this thread's mask before exec. */
+    sigfillset(&all_signals);
+    pthread_sigmask(SIG_SETMASK, &all_signals, &child_args.parent_mask);
+    pid = pc_clone(request->namespaces, pc_child_main, &child_args, stack + guard,
+                   CHILD_STACK_SIZE, &pidfd, request->force_legacy_clone);
+    clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &child_args.parent_mask, NULL);
+
+    munmap(stack, stack_mapped);
+    close(pipe_fds[1]);
+    if (pid < 0) {
+        close(pipe_fds[0]);
+        return pc_fail(err, PC_STEP_CLONE, clone_errno, NULL);
+    }
+
+    n = read(pipe_fds[0], &child_err, sizeof child_err);
+    close(pipe_fds[0]);
+    if (n != 0 && !(n < 0 && errno == EAGAIN)) {
+        /* The child failed and has exited: reap it so no zombie remains. */
+        siginfo_t info;
+
+        while (syscall(SYS_waitid, P_PIDFD, pidfd, &info, WEXITED, NULL) < 0 && errno == EINTR)
+            ;
+        close(pidfd);
+        if (n == (ssize_t)sizeof child_err) {
+            *err = child_err;
+            return -1;
+        }
+        return pc_fail(err, PC_STEP_PREPARE, n < 0 ? errno : EIO, "error pipe");
+    }
+    process->pid = pid;
+    process->pidfd = pidfd;
+    return 0;
+}

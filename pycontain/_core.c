@@ -1,0 +1,197 @@
+/* pycontain._core: the CPython glue around the C core (csrc/).
+ *
+ * Thin on purpose: it converts arguments Python has already validated into
+ * a struct pc_spawn_request, runs pc_spawn with the GIL released, and hands
+ * back either (pid, pidfd) or the raw error record. Exception classes,
+ * messages and every policy decision live in Python (pycontain/_spawn.py).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <sched.h>
+
+#include "pycontain.h"
+
+/* Raised with args (step, errno, detail): Python turns it into a SpawnError. */
+static PyObject *StepError;
+
+/* A NULL-terminated array of pointers into the bytes objects of `seq` (a
+ * list or tuple of bytes). The bytes must outlive the array. */
+static char **bytes_array(PyObject *seq, const char *what)
+{
+    Py_ssize_t n;
+    char **array;
+
+    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list of bytes", what);
+        return NULL;
+    }
+    n = PySequence_Fast_GET_SIZE(seq);
+    array = PyMem_New(char *, (size_t)n + 1);
+    if (array == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+
+        if (!PyBytes_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "%s must be a list of bytes", what);
+            PyMem_Free(array);
+            return NULL;
+        }
+        array[i] = PyBytes_AS_STRING(item);
+    }
+    array[n] = NULL;
+    return array;
+}
+
+static int *int_array(PyObject *seq, size_t *count)
+{
+    Py_ssize_t n;
+    int *array;
+
+    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+        PyErr_SetString(PyExc_TypeError, "layer_fds must be a list of int");
+        return NULL;
+    }
+    n = PySequence_Fast_GET_SIZE(seq);
+    array = PyMem_New(int, (size_t)n + 1);
+    if (array == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+
+        if (fd < 0 || fd > INT_MAX) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "layer_fds must be valid fds");
+            PyMem_Free(array);
+            return NULL;
+        }
+        array[i] = (int)fd;
+    }
+    *count = (size_t)n;
+    return array;
+}
+
+PyDoc_STRVAR(spawn_doc,
+             "spawn(argv, envp, exec_paths, cwd, layer_paths, layer_fds, upper_path, upper_fd,\n"
+             "      work_path, work_fd, scratch_dir, namespaces, force_legacy_clone)\n"
+             "    -> (pid, pidfd)\n\n"
+             "Start a container. Arguments are pre-validated bytes and fds (see\n"
+             "pycontain/_spawn.py). Raises StepError(step, errno, detail) on failure.");
+
+static PyObject *core_spawn(PyObject *module, PyObject *args)
+{
+    PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *layer_list;
+    PyObject *result = NULL;
+    const char *scratch_dir, *upper_path, *work_path;
+    unsigned long namespaces;
+    int upper_fd, work_fd, force_legacy_clone, rc;
+    struct pc_spawn_request request = {0};
+    struct pc_process process;
+    struct pc_error err;
+    char **argv = NULL, **envp = NULL, **exec_paths = NULL, **layer_paths = NULL;
+    int *layer_fds = NULL;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "OOOOOOziziykp", &argv_list, &envp_list, &exec_list, &cwd,
+                          &layer_path_list, &layer_list, &upper_path, &upper_fd, &work_path,
+                          &work_fd, &scratch_dir, &namespaces, &force_legacy_clone))
+        return NULL;
+    if (cwd != Py_None && !PyBytes_Check(cwd))
+        return PyErr_Format(PyExc_TypeError, "cwd must be bytes or None");
+    if ((argv = bytes_array(argv_list, "argv")) == NULL ||
+        (envp = bytes_array(envp_list, "envp")) == NULL ||
+        (exec_paths = bytes_array(exec_list, "exec_paths")) == NULL ||
+        (layer_paths = bytes_array(layer_path_list, "layer_paths")) == NULL ||
+        (layer_fds = int_array(layer_list, &request.layer_count)) == NULL)
+        goto done;
+    if ((size_t)PySequence_Fast_GET_SIZE(layer_path_list) != request.layer_count) {
+        PyErr_SetString(PyExc_ValueError, "layer_paths and layer_fds differ in length");
+        goto done;
+    }
+    if ((upper_fd >= 0) != (upper_path != NULL) || (work_fd >= 0) != (upper_fd >= 0) ||
+        (work_fd >= 0) != (work_path != NULL)) {
+        PyErr_SetString(PyExc_ValueError, "upper and work need a path and an fd each, or neither");
+        goto done;
+    }
+
+    request.namespaces = namespaces;
+    request.scratch_dir = scratch_dir;
+    request.layer_paths = (const char *const *)layer_paths;
+    request.layer_fds = layer_fds;
+    request.upper_path = upper_path;
+    request.upper_fd = upper_fd;
+    request.work_path = work_path;
+    request.work_fd = work_fd;
+    request.cwd = cwd == Py_None ? NULL : PyBytes_AS_STRING(cwd);
+    request.exec_paths = (const char *const *)exec_paths;
+    request.argv = argv;
+    request.envp = envp;
+    request.force_legacy_clone = force_legacy_clone;
+
+    /* The argument objects stay referenced by `args` while the GIL is
+     * released, so the borrowed string pointers remain valid. */
+    Py_BEGIN_ALLOW_THREADS
+    rc = pc_spawn(&request, &process, &err);
+    Py_END_ALLOW_THREADS
+
+    if (rc == 0) {
+        result = Py_BuildValue("(ii)", (int)process.pid, process.pidfd);
+    } else {
+        PyObject *error_args = Py_BuildValue("(siy)", pc_step_name(err.step), (int)err.err,
+                                             err.detail);
+        if (error_args != NULL) {
+            PyErr_SetObject(StepError, error_args);
+            Py_DECREF(error_args);
+        }
+    }
+done:
+    PyMem_Free(argv);
+    PyMem_Free(envp);
+    PyMem_Free(exec_paths);
+    PyMem_Free(layer_paths);
+    PyMem_Free(layer_fds);
+    return result;
+}
+
+static PyMethodDef core_methods[] = {
+    {"spawn", core_spawn, METH_VARARGS, spawn_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static int core_exec(PyObject *module)
+{
+    StepError = PyErr_NewException("pycontain._core.StepError", NULL, NULL);
+    if (StepError == NULL || PyModule_AddObjectRef(module, "StepError", StepError) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(module, "DEFAULT_NAMESPACES", PC_DEFAULT_NAMESPACES) < 0 ||
+        PyModule_AddIntConstant(module, "CLONE_NEWNS", CLONE_NEWNS) < 0 ||
+        PyModule_AddIntConstant(module, "CLONE_NEWPID", CLONE_NEWPID) < 0 ||
+        PyModule_AddIntConstant(module, "CLONE_NEWNET", CLONE_NEWNET) < 0 ||
+        PyModule_AddIntConstant(module, "CLONE_NEWUTS", CLONE_NEWUTS) < 0 ||
+        PyModule_AddIntConstant(module, "CLONE_NEWIPC", CLONE_NEWIPC) < 0)
+        return -1;
+    return 0;
+}
+
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, core_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pycontain._core",
+    .m_doc = "C core of pycontain: spawn a container (internal).",
+    .m_size = 0,
+    .m_methods = core_methods,
+    .m_slots = core_slots,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    return PyModuleDef_Init(&core_module);
+}

@@ -1,0 +1,234 @@
+"""The Process object: a running container, shaped like subprocess.Popen."""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal as signal_module
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from . import _spawn
+from ._errors import TimeoutExpired
+from ._spawn import Env, StrOrBytesPath
+
+__all__ = ["Process"]
+
+
+def _returncode(info: Any) -> int:
+    # Same convention as subprocess: -N when killed by signal N.
+    if info.si_code == os.CLD_EXITED:
+        return int(info.si_status)
+    return -int(info.si_status)
+
+
+class Process:
+    """Run ``args`` in a new container and return once it has been exec'd.
+
+    ``layers`` are read-only directories stacked with overlayfs as the
+    container's ``/``; the first one is the uppermost, as in overlayfs'
+    lowerdir. Writes go to a tmpfs that vanishes with the container, or to
+    ``writedir`` if given (kept; overlayfs' work directory is made beside it
+    and removed after the container ends, unless ``workdir`` names one).
+
+    The program runs in new mount, PID, network, UTS and IPC namespaces, with
+    its own ``/proc``, a read-only ``/sys`` and a minimal ``/dev``, in
+    ``cwd`` (default ``/``) with ``env`` (default: this process's
+    environment). ``executable`` (default ``args[0]``) is searched in the
+    ``PATH`` of ``env`` inside the container when it has no slash.
+
+    Raises ``ValueError``/``TypeError`` for bad arguments, an ``OSError``
+    subclass naming the directory for a missing or non-directory layer, and a
+    :class:`pycontain.SpawnError` (also the matching ``OSError`` subclass)
+    when a setup step or the exec fails. Nothing is left behind then.
+    """
+
+    # Class-level defaults so __del__ and __repr__ work even when __init__
+    # raised before setting them.
+    pid: int | None = None
+    returncode: int | None = None
+    _pidfd: int = -1
+    _workdir: bytes | None = None
+
+    def __init__(
+        self,
+        args: StrOrBytesPath | Sequence[StrOrBytesPath],
+        *,
+        layers: Iterable[StrOrBytesPath],
+        writedir: StrOrBytesPath | None = None,
+        workdir: StrOrBytesPath | None = None,
+        executable: StrOrBytesPath | None = None,
+        cwd: StrOrBytesPath | None = None,
+        env: Env | None = None,
+        _force_legacy_clone: bool = False,
+    ) -> None:
+        self.args = args
+        # Guards _pidfd, returncode and _users: the pidfd is closed only when
+        # the process has been reaped and no thread is still using the fd, so
+        # a signal can never reach a recycled pid or a reused fd number.
+        self._lock = threading.Lock()
+        self._users = 0
+        prepared = _spawn.prepare(
+            args,
+            layers=layers,
+            writedir=writedir,
+            workdir=workdir,
+            executable=executable,
+            cwd=cwd,
+            env=env,
+        )
+        try:
+            self.pid, self._pidfd = _spawn.spawn(prepared, force_legacy_clone=_force_legacy_clone)
+        except BaseException:
+            prepared.release()
+            raise
+        prepared.close_fds()
+        self._workdir = prepared.created_workdir
+
+    # -- waiting ---------------------------------------------------------
+
+    def poll(self) -> int | None:
+        """Return the exit code if the program has ended, else None."""
+        if self.returncode is None:
+            with self._lock:
+                if self._pidfd >= 0:
+                    self._reap_locked(self._pidfd)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the program to end and return its exit code.
+
+        A negative code -N means it was killed by signal N. Raises
+        :class:`pycontain.TimeoutExpired` after ``timeout`` seconds. Waits on
+        the pidfd with the GIL released; safe to call from several threads
+        and again after the program has ended.
+        """
+        if self.returncode is not None:
+            return self.returncode
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = self._use_pidfd()
+        if fd < 0:
+            assert self.returncode is not None
+            return self.returncode
+        try:
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                # A pidfd polls readable once the process has exited.
+                if _readable(fd, remaining):
+                    with self._lock:
+                        code = self._reap_locked(fd)
+                    if code is not None:
+                        return code
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutExpired(self.args, timeout)  # type: ignore[arg-type]
+        finally:
+            self._release_pidfd()
+
+    def _use_pidfd(self) -> int:
+        with self._lock:
+            if self._pidfd < 0:
+                return -1
+            self._users += 1
+            return self._pidfd
+
+    def _release_pidfd(self) -> None:
+        with self._lock:
+            self._users -= 1
+            self._close_if_done_locked()
+
+    def _reap_locked(self, fd: int) -> int | None:
+        if self.returncode is None:
+            try:
+                info = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+            except ChildProcessError:
+                # Reaped behind our back (SIGCHLD set to SIG_IGN, or a stray
+                # os.wait()): the status is lost; subprocess reports 0 too.
+                self.returncode = 0
+            else:
+                if info is None:
+                    return None
+                self.returncode = _returncode(info)
+            self._close_if_done_locked()
+        return self.returncode
+
+    def _close_if_done_locked(self) -> None:
+        if self.returncode is not None and self._users == 0 and self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+            _spawn.remove_workdir(self._workdir)
+            self._workdir = None
+
+    # -- signals ---------------------------------------------------------
+
+    def send_signal(self, sig: int) -> None:
+        """Send signal ``sig`` to the program through its pidfd.
+
+        Raises ``ProcessLookupError`` once the program has been waited for.
+        The program is PID 1 of its PID namespace, and the kernel delivers to
+        a PID 1 only the signals it has a handler for, plus SIGKILL and
+        SIGSTOP: so SIGTERM ends a program that handles it (shells with a
+        ``trap``, servers) and is ignored by one that does not.
+        """
+        with self._lock:
+            if self.returncode is not None or self._pidfd < 0:
+                raise ProcessLookupError(
+                    errno.ESRCH, f"pycontain: process {self.pid} has already been waited for"
+                )
+            signal_module.pidfd_send_signal(self._pidfd, sig)
+
+    signal = send_signal
+
+    def terminate(self) -> None:
+        """Send SIGTERM (ignored by a program without a SIGTERM handler; see send_signal)."""
+        self.send_signal(signal_module.SIGTERM)
+
+    def kill(self) -> None:
+        """Send SIGKILL: always ends the program and everything in its container."""
+        self.send_signal(signal_module.SIGKILL)
+
+    # -- cleanup ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Kill the program if it is still running, reap it, release everything."""
+        if self._pidfd < 0:
+            return
+        if self.poll() is None:
+            try:
+                self.kill()
+            except ProcessLookupError:
+                pass  # ended and reaped by another thread meanwhile
+        self.wait()
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if self._pidfd < 0:
+            return
+        if self.returncode is None:
+            _warn(f"pycontain: {self!r} is still running; killing it", ResourceWarning, source=self)
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.returncode is None else f"returncode={self.returncode}"
+        return f"<pycontain.Process pid={self.pid} args={self.args!r} {state}>"
+
+
+def _readable(fd: int, timeout: float | None) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    # poll() takes milliseconds; round up so a short timeout still waits.
+    return bool(poller.poll(None if timeout is None else -(-timeout * 1000 // 1)))

@@ -1,0 +1,276 @@
+"""Policy side of a spawn: check every input and build what the child needs.
+
+Everything here runs in the parent before anything is spawned, so a bad
+argument raises a clear exception and leaves nothing behind. The C core
+gets only bytes and open fds (see docs/spawn.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Union
+
+from . import _core
+from ._errors import SpawnError, spawn_error
+
+StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+Env = Mapping[str, str] | Mapping[bytes, bytes]
+
+# Overlayfs stacks at most this many lower layers (OVL_MAX_STACK).
+MAX_LAYERS = 500
+
+# Candidates for the directory over which the child mounts its private
+# tmpfs; any existing directory other than /proc works, since layers are
+# named by fd (see csrc/overlay.c).
+_SCRATCH_CANDIDATES = (b"/tmp", b"/mnt", b"/run", b"/var/tmp", b"/srv", b"/opt")
+_scratch_dir: bytes | None = None
+
+
+def to_bytes(value: StrOrBytesPath, what: str) -> bytes:
+    """``os.fsencode`` with pycontain's checks: a NUL byte is a ValueError."""
+    try:
+        encoded = os.fsencode(value)
+    except TypeError:
+        raise TypeError(
+            f"{what} must be str, bytes or os.PathLike, not {type(value).__name__}"
+        ) from None
+    if b"\0" in encoded:
+        raise ValueError(f"{what} contains a NUL byte: {value!r}")
+    return encoded
+
+
+def scratch_dir() -> bytes:
+    global _scratch_dir
+    if _scratch_dir is None:
+        for candidate in _SCRATCH_CANDIDATES:
+            if os.path.isdir(candidate) and not os.path.islink(candidate):
+                _scratch_dir = candidate
+                break
+        else:
+            raise spawn_error(
+                "scratch-dir",
+                errno.ENOENT,
+                os.fsdecode(b":".join(_SCRATCH_CANDIDATES)),
+                "pycontain needs one of these host directories to mount its private tmpfs over",
+            )
+    return _scratch_dir
+
+
+def open_directory(path: bytes, role: str) -> int:
+    """Open ``path`` as an O_PATH fd; the fd, not the path, is what gets mounted."""
+    try:
+        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise spawn_error(role, error.errno, os.fsdecode(path)) from None
+
+
+def _inside(path: bytes, other: bytes) -> bool:
+    return path == other or path.startswith(other.rstrip(b"/") + b"/")
+
+
+@dataclass
+class Prepared:
+    """What one spawn needs, plus the resources to release after it."""
+
+    argv: list[bytes]
+    envp: list[bytes]
+    exec_paths: list[bytes]
+    cwd: bytes | None
+    layers: list[bytes]
+    layer_fds: list[int] = field(default_factory=list)
+    upper_path: bytes | None = None
+    upper_fd: int = -1
+    work_path: bytes | None = None
+    work_fd: int = -1
+    created_workdir: bytes | None = None
+
+    def close_fds(self) -> None:
+        for fd in [*self.layer_fds, self.upper_fd, self.work_fd]:
+            if fd >= 0:
+                os.close(fd)
+        self.layer_fds, self.upper_fd, self.work_fd = [], -1, -1
+
+    def release(self) -> None:
+        """Undo everything prepare() made: fds and a workdir it created."""
+        self.close_fds()
+        remove_workdir(self.created_workdir)
+        self.created_workdir = None
+
+
+def remove_workdir(path: bytes | None) -> None:
+    if path is not None:
+        # The overlay made a mode-000 "work" directory in it; root removes it.
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _argv(args: StrOrBytesPath | Sequence[StrOrBytesPath]) -> list[bytes]:
+    if isinstance(args, (str, bytes, os.PathLike)):
+        args = [args]
+    argv = [to_bytes(arg, "args item") for arg in args]
+    if not argv:
+        raise ValueError("args must not be empty")
+    return argv
+
+
+def _envp(env: Env | None) -> tuple[list[bytes], Env]:
+    if env is None:
+        env = os.environb
+    envp = []
+    for key, value in env.items():
+        name = to_bytes(key, "env name")
+        if not name or b"=" in name:
+            raise ValueError(f"illegal environment variable name: {key!r}")
+        envp.append(name + b"=" + to_bytes(value, f"env[{key!r}]"))
+    return envp, env
+
+
+def _exec_paths(executable: bytes, env: Env) -> list[bytes]:
+    """Where to look for the program inside the container, as execvpe does."""
+    if b"/" in executable:
+        return [executable]
+    return [
+        os.path.join(os.fsencode(directory), executable) for directory in os.get_exec_path(env)
+    ]
+
+
+def _layer_paths(layers: Iterable[StrOrBytesPath]) -> list[bytes]:
+    if isinstance(layers, (str, bytes, os.PathLike)):
+        raise TypeError("layers must be a list of directories, not a single path")
+    paths = [to_bytes(layer, "layer") for layer in layers]
+    if not paths:
+        raise ValueError("layers must name at least one directory")
+    if len(paths) > MAX_LAYERS:
+        raise ValueError(f"overlayfs stacks at most {MAX_LAYERS} layers, got {len(paths)}")
+    return paths
+
+
+def prepare(
+    args: StrOrBytesPath | Sequence[StrOrBytesPath],
+    *,
+    layers: Iterable[StrOrBytesPath],
+    writedir: StrOrBytesPath | None,
+    workdir: StrOrBytesPath | None,
+    executable: StrOrBytesPath | None,
+    cwd: StrOrBytesPath | None,
+    env: Env | None,
+) -> Prepared:
+    """Check every input and build the spawn's strings and fds.
+
+    Raises before anything is created; on success the caller owns the
+    result and must call ``release()``.
+    """
+    argv = _argv(args)
+    program = argv[0] if executable is None else to_bytes(executable, "executable")
+    if not program:
+        raise ValueError("executable must not be empty")
+    envp, env = _envp(env)
+    prepared = Prepared(
+        argv=argv,
+        envp=envp,
+        exec_paths=_exec_paths(program, env),
+        cwd=None if cwd is None else to_bytes(cwd, "cwd"),
+        layers=_layer_paths(layers),
+    )
+    writedir_path = None if writedir is None else to_bytes(writedir, "writedir")
+    workdir_path = None if workdir is None else to_bytes(workdir, "workdir")
+    if workdir_path is not None and writedir_path is None:
+        raise ValueError("workdir is only used together with writedir")
+    scratch_dir()
+    try:
+        for layer in prepared.layers:
+            prepared.layer_fds.append(open_directory(layer, "layer"))
+        if writedir_path is not None:
+            prepared.upper_fd = open_directory(writedir_path, "writedir")
+            prepared.upper_path = writedir_path
+            _check_writedir(writedir_path, prepared.layers)
+            if workdir_path is None:
+                workdir_path = prepared.created_workdir = _make_workdir(writedir_path)
+            prepared.work_fd = open_directory(workdir_path, "workdir")
+            prepared.work_path = os.path.abspath(workdir_path)
+    except BaseException:
+        prepared.release()
+        raise
+    return prepared
+
+
+def _check_writedir(writedir: bytes, layers: list[bytes]) -> None:
+    real = os.path.realpath(writedir)
+    for layer in layers:
+        real_layer = os.path.realpath(layer)
+        if _inside(real, real_layer) or _inside(real_layer, real):
+            raise ValueError(
+                f"writedir {os.fsdecode(writedir)!r} overlaps layer {os.fsdecode(layer)!r}; "
+                "overlayfs needs them to be separate trees"
+            )
+
+
+def _make_workdir(writedir: bytes) -> bytes:
+    """Make overlayfs' work directory beside ``writedir``.
+
+    Overlayfs needs it on the same mount as the writable layer, and not
+    inside it; a hidden sibling is the only place that guarantees both. It
+    is removed when the container has been waited for.
+    """
+    real = os.path.realpath(writedir)
+    if os.path.ismount(real):
+        raise ValueError(
+            f"writedir {os.fsdecode(writedir)!r} is a mount point, so pycontain cannot put "
+            "overlayfs' work directory beside it; pass workdir= an empty directory on the "
+            "same mount"
+        )
+    parent, name = os.path.split(real)
+    try:
+        return os.fsencode(tempfile.mkdtemp(prefix=f".{os.fsdecode(name)}.pycontain-work-",
+                                            dir=os.fsdecode(parent)))
+    except OSError as error:
+        raise spawn_error("workdir", error.errno, os.fsdecode(parent)) from None
+
+
+def spawn(prepared: Prepared, *, force_legacy_clone: bool = False) -> tuple[int, int]:
+    """Start the container; returns (pid, pidfd) or raises SpawnError."""
+    try:
+        return _core.spawn(
+            prepared.argv,
+            prepared.envp,
+            prepared.exec_paths,
+            prepared.cwd,
+            [os.path.abspath(layer) for layer in prepared.layers],
+            prepared.layer_fds,
+            None if prepared.upper_path is None else os.path.abspath(prepared.upper_path),
+            prepared.upper_fd,
+            prepared.work_path,
+            prepared.work_fd,
+            scratch_dir(),
+            _core.DEFAULT_NAMESPACES,
+            force_legacy_clone,
+        )
+    except _core.StepError as failure:
+        step, err, detail = failure.args
+        raise _translate(prepared, step, err, detail) from None
+
+
+def _translate(prepared: Prepared, step: str, err: int, detail: bytes) -> Exception:
+    """The exception a user sees for a failed step."""
+    if step == "prepare" and err == errno.E2BIG:
+        return ValueError(
+            f"{len(prepared.layers)} layers do not fit in one overlayfs mount; use fewer layers"
+        )
+    filename: str | None = os.fsdecode(detail) if detail else None
+    strerror = None
+    if step == "exec" and err == errno.ENOENT and len(prepared.exec_paths) > 1:
+        # Searched PATH: name the program as given, as subprocess does.
+        filename = os.fsdecode(os.path.basename(prepared.exec_paths[0]))
+    elif step == "mount-overlay":
+        filename = os.fsdecode(b":".join(prepared.layers))
+    elif step == "clone" and err in (errno.EPERM, errno.EACCES):
+        strerror = (
+            f"{os.strerror(err)} (creating namespaces needs root with CAP_SYS_ADMIN; "
+            "rootless mode is not supported yet)"
+        )
+    error: SpawnError = spawn_error(step, err, filename, strerror)
+    return error

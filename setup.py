@@ -1,0 +1,25 @@
+"""Build pycontain's C extension: the core in csrc/ plus the CPython glue."""
+
+import glob
+import os
+
+from setuptools import Extension, setup
+
+# Warnings are errors in development and CI builds (PYCONTAIN_WERROR=1), not
+# in users' builds, where a newer compiler's new warning must not break them.
+extra_compile_args = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wshadow", "-fvisibility=hidden"]
+if os.environ.get("PYCONTAIN_WERROR") == "1":
+    extra_compile_args.append("-Werror")
+if os.environ.get("PYCONTAIN_SANITIZE") == "1":
+    extra_compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1"]
+
+core = Extension(
+    "pycontain._core",
+    sources=sorted(glob.glob("csrc/*.c")) + ["pycontain/_core.c"],
+    include_dirs=["csrc"],
+    depends=sorted(glob.glob("csrc/*.h")),
+    extra_compile_args=extra_compile_args,
+    extra_link_args=["-fsanitize=address,undefined"] if os.environ.get("PYCONTAIN_SANITIZE") == "1" else [],
+)
+
+setup(ext_modules=[core])
