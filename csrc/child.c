@@ -99,33 +99,35 @@ static int exec_program(const struct pc_spawn_request *request, struct pc_error 
     return pc_fail(err, PC_STEP_EXEC, failed_errno, failed_path);
 }
 
+/* One step: run it, and on success note when it ended (for benchmarks). */
+#define STEP(step, call)                 \
+    do {                                 \
+        if ((call) < 0)                  \
+            return -1;                   \
+        pc_trace(request, (step));       \
+    } while (0)
+
 static int run_steps(const struct pc_child_args *args, struct pc_error *err)
 {
     const struct pc_spawn_request *request = args->request;
     mode_t caller_umask = umask(0); /* so device nodes get exactly 0666 */
 
-    if (reset_signal_handlers(err) < 0)
-        return -1;
-    if (pc_rootfs_make_private(err) < 0)
-        return -1;
-    if (pc_rootfs_open_layers(request, err) < 0)
-        return -1;
-    if (pc_rootfs_mount_overlay(request, args->overlay_options, err) < 0)
-        return -1;
-    if (pc_rootfs_mount_proc_sys(err) < 0)
-        return -1;
-    if (pc_rootfs_mount_dev(err) < 0)
-        return -1;
+    pc_trace(request, PC_STEP_NONE);
+    STEP(PC_STEP_SIGNALS, reset_signal_handlers(err));
+    STEP(PC_STEP_MAKE_PRIVATE, pc_rootfs_make_private(err));
+    STEP(PC_STEP_OPEN_LAYER, pc_rootfs_open_layers(request, err));
+    STEP(PC_STEP_MOUNT_OVERLAY, pc_rootfs_mount_overlay(request, args->overlay_options, err));
+    STEP(PC_STEP_MOUNT_SYS, pc_rootfs_mount_proc_sys(err));
+    STEP(PC_STEP_MOUNT_DEV, pc_rootfs_mount_dev(err));
     /* (pre_pivot hook: here) */
-    if (pc_rootfs_pivot(err) < 0)
-        return -1;
+    STEP(PC_STEP_PIVOT_ROOT, pc_rootfs_pivot(err));
     if (request->cwd != NULL && chdir(request->cwd) < 0)
         return pc_fail(err, PC_STEP_CHDIR, errno, request->cwd);
-    if (close_other_fds(err) < 0)
-        return -1;
+    STEP(PC_STEP_CLOSE_FDS, close_other_fds(err));
     /* (pre_exec hook: here) */
     umask(caller_umask);
     sigprocmask(SIG_SETMASK, &args->parent_mask, NULL);
+    pc_trace(request, PC_STEP_EXEC);
     return exec_program(request, err);
 }
 

@@ -12,6 +12,7 @@
 #define PYCONTAIN_INTERNAL_H
 
 #include <signal.h>
+#include <time.h>
 
 #include "pycontain.h"
 
@@ -25,6 +26,17 @@ struct pc_child_args {
     sigset_t parent_mask; /* the caller's signal mask, restored before exec */
     int error_fd;         /* write end of the close-on-exec error pipe */
 };
+
+/* Record when `step` ended in request->trace_ns, if tracing. The vDSO
+ * clock_gettime is async-signal-safe. */
+static inline void pc_trace(const struct pc_spawn_request *request, enum pc_step step)
+{
+    struct timespec now;
+
+    if (request->trace_ns != NULL && clock_gettime(CLOCK_MONOTONIC, &now) == 0)
+        request->trace_ns[step] = (unsigned long long)now.tv_sec * 1000000000ULL +
+                                  (unsigned long long)now.tv_nsec;
+}
 
 /* overlay.c (parent side) */
 int pc_overlay_options(const struct pc_spawn_request *request, char *buf, size_t size,

@@ -58,6 +58,14 @@ struct pc_spawn_request {
 
     /* Testing knob: skip clone3 and use the clone(2) fallback. */
     int force_legacy_clone;
+
+    /* Diagnostics for benchmarks, normally NULL: an array of PC_STEP_COUNT
+     * CLOCK_MONOTONIC times in ns. The child fills in when each of its steps
+     * ended (slot PC_STEP_NONE: when it started), the parent when it
+     * entered clone (PC_STEP_PREPARE) and when clone returned
+     * (PC_STEP_CLONE). The child writes it through the memory it shares
+     * with the parent. */
+    unsigned long long *trace_ns;
 };
 
 /* A started container: its pid in the caller's PID namespace and a pidfd

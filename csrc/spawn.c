@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -24,20 +25,47 @@
  * memory, which the child shares. */
 #define CHILD_STACK_SIZE (64 * 1024)
 
-static void *map_child_stack(size_t *mapped)
+/* Each thread keeps its child stack for its next spawn: mapping and
+ * unmapping one per spawn costs TLB shootdowns across CPUs (the child ran
+ * on this mm elsewhere). A thread's stack is only in use while that thread
+ * sleeps in clone (CLONE_VFORK), so one per thread is enough; it is
+ * unmapped when the thread exits. */
+static pthread_key_t stack_key;
+static pthread_once_t stack_key_once = PTHREAD_ONCE_INIT;
+static size_t stack_guard_size;
+
+static void unmap_child_stack(void *base)
 {
-    size_t guard = (size_t)sysconf(_SC_PAGESIZE);
+    munmap(base, stack_guard_size + CHILD_STACK_SIZE);
+}
+
+static void make_stack_key(void)
+{
+    stack_guard_size = (size_t)sysconf(_SC_PAGESIZE);
+    if (pthread_key_create(&stack_key, unmap_child_stack) != 0)
+        stack_guard_size = 0; /* no caching: see child_stack() */
+}
+
+/* This thread's child stack (its lowest usable byte), or NULL. */
+static char *child_stack(int *cached)
+{
+    size_t mapped;
     char *base;
 
-    *mapped = guard + CHILD_STACK_SIZE;
-    base = mmap(NULL, *mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    pthread_once(&stack_key_once, make_stack_key);
+    *cached = stack_guard_size != 0;
+    if (*cached && (base = pthread_getspecific(stack_key)) != NULL)
+        return base + stack_guard_size;
+    mapped = (size_t)sysconf(_SC_PAGESIZE) + CHILD_STACK_SIZE;
+    base = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (base == MAP_FAILED)
         return NULL;
-    if (mprotect(base, guard, PROT_NONE) < 0) {
-        munmap(base, *mapped);
+    if (mprotect(base, mapped - CHILD_STACK_SIZE, PROT_NONE) < 0 ||
+        (*cached && pthread_setspecific(stack_key, base) != 0)) {
+        munmap(base, mapped);
         return NULL;
     }
-    return base;
+    return base + (mapped - CHILD_STACK_SIZE);
 }
 
 int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
@@ -47,8 +75,7 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
     struct pc_child_args child_args = {.request = request, .overlay_options = options};
     struct pc_error child_err;
     sigset_t all_signals;
-    int pipe_fds[2], pidfd = -1, clone_errno;
-    size_t stack_mapped, guard;
+    int pipe_fds[2], pidfd = -1, clone_errno, stack_cached;
     char *stack;
     pid_t pid;
     ssize_t n;
@@ -64,25 +91,27 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
     if (pipe2(pipe_fds, O_CLOEXEC | O_NONBLOCK) < 0)
         return pc_fail(err, PC_STEP_PREPARE, errno, "pipe");
     child_args.error_fd = pipe_fds[1];
-    stack = map_child_stack(&stack_mapped);
+    stack = child_stack(&stack_cached);
     if (stack == NULL) {
         close(pipe_fds[0]);
         close(pipe_fds[1]);
         return pc_fail(err, PC_STEP_PREPARE, errno, "child stack");
     }
-    guard = stack_mapped - CHILD_STACK_SIZE;
 
     /* No signal handler may run in the child on the parent's memory: block
      * everything across clone; the child resets its handlers, then restores
      * this thread's mask before exec. */
     sigfillset(&all_signals);
     pthread_sigmask(SIG_SETMASK, &all_signals, &child_args.parent_mask);
-    pid = pc_clone(request->namespaces, pc_child_main, &child_args, stack + guard,
+    pc_trace(request, PC_STEP_PREPARE);
+    pid = pc_clone(request->namespaces, pc_child_main, &child_args, stack,
                    CHILD_STACK_SIZE, &pidfd, request->force_legacy_clone);
     clone_errno = errno;
+    pc_trace(request, PC_STEP_CLONE);
     pthread_sigmask(SIG_SETMASK, &child_args.parent_mask, NULL);
 
-    munmap(stack, stack_mapped);
+    if (!stack_cached)
+        munmap(stack - sysconf(_SC_PAGESIZE), (size_t)sysconf(_SC_PAGESIZE) + CHILD_STACK_SIZE);
     close(pipe_fds[1]);
     if (pid < 0) {
         close(pipe_fds[0]);

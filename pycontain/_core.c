@@ -77,15 +77,18 @@ static int *int_array(PyObject *seq, size_t *count)
 
 PyDoc_STRVAR(spawn_doc,
              "spawn(argv, envp, exec_paths, cwd, layer_paths, layer_fds, upper_path, upper_fd,\n"
-             "      work_path, work_fd, scratch_dir, namespaces, force_legacy_clone)\n"
-             "    -> (pid, pidfd)\n\n"
+             "      work_path, work_fd, scratch_dir, namespaces, force_legacy_clone,\n"
+             "      trace=None) -> (pid, pidfd)\n\n"
              "Start a container. Arguments are pre-validated bytes and fds (see\n"
-             "pycontain/_spawn.py). Raises StepError(step, errno, detail) on failure.");
+             "pycontain/_spawn.py). Raises StepError(step, errno, detail) on failure.\n"
+             "trace: a writable buffer of STEP_COUNT native unsigned long longs that\n"
+             "receives when each step ended (CLOCK_MONOTONIC ns), for benchmarks.");
 
 static PyObject *core_spawn(PyObject *module, PyObject *args)
 {
     PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *layer_list;
-    PyObject *result = NULL;
+    PyObject *result = NULL, *trace = Py_None;
+    Py_buffer trace_buffer = {0};
     const char *scratch_dir, *upper_path, *work_path;
     unsigned long namespaces;
     int upper_fd, work_fd, force_legacy_clone, rc;
@@ -96,10 +99,20 @@ static PyObject *core_spawn(PyObject *module, PyObject *args)
     int *layer_fds = NULL;
 
     (void)module;
-    if (!PyArg_ParseTuple(args, "OOOOOOziziykp", &argv_list, &envp_list, &exec_list, &cwd,
+    if (!PyArg_ParseTuple(args, "OOOOOOziziykp|O", &argv_list, &envp_list, &exec_list, &cwd,
                           &layer_path_list, &layer_list, &upper_path, &upper_fd, &work_path,
-                          &work_fd, &scratch_dir, &namespaces, &force_legacy_clone))
+                          &work_fd, &scratch_dir, &namespaces, &force_legacy_clone, &trace))
         return NULL;
+    if (trace != Py_None) {
+        if (PyObject_GetBuffer(trace, &trace_buffer, PyBUF_WRITABLE) < 0)
+            return NULL;
+        if ((size_t)trace_buffer.len < PC_STEP_COUNT * sizeof(unsigned long long)) {
+            PyBuffer_Release(&trace_buffer);
+            return PyErr_Format(PyExc_ValueError, "trace must hold %d unsigned long longs",
+                                PC_STEP_COUNT);
+        }
+        request.trace_ns = trace_buffer.buf;
+    }
     if (cwd != Py_None && !PyBytes_Check(cwd))
         return PyErr_Format(PyExc_TypeError, "cwd must be bytes or None");
     if ((argv = bytes_array(argv_list, "argv")) == NULL ||
@@ -154,10 +167,30 @@ done:
     PyMem_Free(exec_paths);
     PyMem_Free(layer_paths);
     PyMem_Free(layer_fds);
+    if (trace_buffer.obj != NULL)
+        PyBuffer_Release(&trace_buffer);
     return result;
 }
 
+static PyObject *core_step_names(PyObject *module, PyObject *unused)
+{
+    PyObject *names = PyTuple_New(PC_STEP_COUNT);
+
+    (void)module;
+    (void)unused;
+    for (int i = 0; names != NULL && i < PC_STEP_COUNT; i++) {
+        PyObject *name = PyUnicode_FromString(pc_step_name(i));
+        if (name == NULL) {
+            Py_CLEAR(names);
+            break;
+        }
+        PyTuple_SET_ITEM(names, i, name);
+    }
+    return names;
+}
+
 static PyMethodDef core_methods[] = {
+    {"step_names", core_step_names, METH_NOARGS, "step_names() -> tuple of every step's name"},
     {"spawn", core_spawn, METH_VARARGS, spawn_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -168,6 +201,7 @@ static int core_exec(PyObject *module)
     if (StepError == NULL || PyModule_AddObjectRef(module, "StepError", StepError) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "DEFAULT_NAMESPACES", PC_DEFAULT_NAMESPACES) < 0 ||
+        PyModule_AddIntConstant(module, "STEP_COUNT", PC_STEP_COUNT) < 0 ||
         PyModule_AddIntConstant(module, "CLONE_NEWNS", CLONE_NEWNS) < 0 ||
         PyModule_AddIntConstant(module, "CLONE_NEWPID", CLONE_NEWPID) < 0 ||
         PyModule_AddIntConstant(module, "CLONE_NEWNET", CLONE_NEWNET) < 0 ||

@@ -119,7 +119,8 @@ def _argv(args: StrOrBytesPath | Sequence[StrOrBytesPath]) -> list[bytes]:
 
 def _envp(env: Env | None) -> tuple[list[bytes], Env]:
     if env is None:
-        env = os.environb
+        # os.environ already refuses NUL bytes and "=" in names.
+        return [name + b"=" + value for name, value in os.environb.items()], os.environb
     envp = []
     for key, value in env.items():
         name = to_bytes(key, "env name")

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Set pycontain up on a fresh Debian or Ubuntu machine and run it, as root.
+#
+#   ./run.sh demo    install pycontain into .venv and run a demo container
+#   ./run.sh test    install what the tests need too, and run the test suite
+#   ./run.sh lint    install the linters and run them (ruff, mypy)
+#
+# Installs only what is missing: Debian packages with apt-get, Python
+# packages with pip into .venv (so the system Python stays untouched).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+task=${1:-}
+case "$task" in
+demo | test | lint) ;;
+*)
+    echo "usage: ./run.sh demo|test|lint" >&2
+    exit 2
+    ;;
+esac
+
+if [ "$(id -u)" != 0 ]; then
+    echo "run.sh: pycontain creates namespaces and mounts, which needs root (try: sudo ./run.sh $task)" >&2
+    exit 1
+fi
+
+PYTHON=${PYTHON:-python3}
+
+# Debian packages this task needs that are not there yet.
+apt_missing=()
+command -v cc >/dev/null || apt_missing+=(gcc libc6-dev)
+if command -v "$PYTHON" >/dev/null; then
+    "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || {
+        echo "run.sh: pycontain needs Python >= 3.11; $PYTHON is $("$PYTHON" --version 2>&1)" >&2
+        exit 1
+    }
+    "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || apt_missing+=(python3-venv)
+    "$PYTHON" -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null ||
+        apt_missing+=(python3-dev)
+else
+    apt_missing+=(python3 python3-venv python3-dev)
+fi
+# The tests build their container root filesystem from a static busybox.
+[ "$task" != test ] || [ -x /bin/busybox ] || apt_missing+=(busybox-static)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+    echo "run.sh: installing Debian packages: ${apt_missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${apt_missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+
+case "$task" in
+demo)
+    "${pip[@]}" -e .
+    exec .venv/bin/python -m pycontain
+    ;;
+test)
+    # Warnings are errors in the C code built for the tests.
+    PYCONTAIN_WERROR=1 "${pip[@]}" -e '.[test]'
+    exec .venv/bin/python -m pytest "${@:2}"
+    ;;
+lint)
+    PYCONTAIN_WERROR=1 "${pip[@]}" -e '.[dev]'
+    .venv/bin/ruff check pycontain tests bench
+    .venv/bin/ruff format --check pycontain tests bench
+    .venv/bin/mypy
+    ;;
+esac
