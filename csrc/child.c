@@ -18,10 +18,6 @@
 
 #include "internal.h"
 
-#ifndef CLOSE_RANGE_CLOEXEC
-#define CLOSE_RANGE_CLOEXEC (1U << 2)
-#endif
-
 /* The child shares the parent's memory but has its own copy of the signal
  * handlers. A handler inherited from the parent (Python's, say) would run
  * parent code on shared memory, so every caught signal goes back to its
@@ -47,24 +43,6 @@ static int reset_signal_handlers(struct pc_error *err)
         if (sigaction(sig, &default_action, NULL) < 0)
             return pc_fail(err, PC_STEP_SIGNALS, errno, NULL);
     }
-    return 0;
-}
-
-/* Only 0, 1, 2 reach the program: every other inherited fd is marked
- * close-on-exec (the error pipe already is, and must stay open until exec). */
-static int close_other_fds(struct pc_error *err)
-{
-    struct rlimit limit;
-
-    if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
-        return 0;
-    if (errno != ENOSYS && errno != EINVAL)
-        return pc_fail(err, PC_STEP_CLOSE_FDS, errno, NULL);
-    /* Kernels before 5.11: mark them one by one. */
-    if (getrlimit(RLIMIT_NOFILE, &limit) < 0)
-        return pc_fail(err, PC_STEP_CLOSE_FDS, errno, NULL);
-    for (rlim_t fd = 3; fd < limit.rlim_cur && fd < (1U << 20); fd++)
-        fcntl((int)fd, F_SETFD, FD_CLOEXEC);
     return 0;
 }
 
@@ -123,9 +101,11 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
     STEP(PC_STEP_PIVOT_ROOT, pc_rootfs_pivot(err));
     if (request->cwd != NULL && chdir(request->cwd) < 0)
         return pc_fail(err, PC_STEP_CHDIR, errno, request->cwd);
-    STEP(PC_STEP_CLOSE_FDS, close_other_fds(err));
+    STEP(PC_STEP_STDIO, pc_fds_setup_stdio(request, err));
     /* (pre_exec hook: here) */
-    umask(caller_umask);
+    STEP(PC_STEP_SETUID, pc_identity_apply(request, err));
+    STEP(PC_STEP_CLOSE_FDS, pc_fds_close_others(request, err));
+    umask(request->umask >= 0 ? (mode_t)request->umask : caller_umask);
     sigprocmask(SIG_SETMASK, &args->parent_mask, NULL);
     pc_trace(request, PC_STEP_EXEC);
     return exec_program(request, err);

@@ -21,6 +21,12 @@ static const char *const step_names[PC_STEP_COUNT] = {
     [PC_STEP_PIVOT_ROOT] = "pivot-root",
     [PC_STEP_DETACH_OLD_ROOT] = "detach-old-root",
     [PC_STEP_CHDIR] = "chdir",
+    [PC_STEP_HOSTNAME] = "hostname",
+    [PC_STEP_RLIMIT] = "rlimit",
+    [PC_STEP_SETGROUPS] = "setgroups",
+    [PC_STEP_SETGID] = "setgid",
+    [PC_STEP_SETUID] = "setuid",
+    [PC_STEP_STDIO] = "stdio",
     [PC_STEP_CLOSE_FDS] = "close-fds",
     [PC_STEP_EXEC] = "exec",
 };
@@ -46,3 +52,6 @@ const char *pc_step_name(int step)
         return "unknown";
     return step_names[step];
 }
+
+#include <limits.h>
+_Static_assert(sizeof(struct pc_error) <= PIPE_BUF, "an error record must fit one atomic write");

@@ -36,13 +36,20 @@ enum pc_step {
     PC_STEP_PIVOT_ROOT,
     PC_STEP_DETACH_OLD_ROOT,
     PC_STEP_CHDIR,
+    PC_STEP_HOSTNAME,
+    PC_STEP_RLIMIT,
+    PC_STEP_SETGROUPS,
+    PC_STEP_SETGID,
+    PC_STEP_SETUID,
+    PC_STEP_STDIO,
     PC_STEP_CLOSE_FDS,
     PC_STEP_EXEC,
     PC_STEP_COUNT
 };
 
-/* Long enough for any path a user is likely to pass; longer ones are cut. */
-#define PC_DETAIL_MAX 1024
+/* Long enough for any path, and for the end of a callback's traceback;
+ * longer ones are cut. */
+#define PC_DETAIL_MAX 4000
 
 /* Fixed size and smaller than PIPE_BUF, so one write(2) sends it whole. */
 struct pc_error {

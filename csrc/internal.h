@@ -5,6 +5,8 @@
  *   clone.c    clone3 with a pidfd and a separate stack, clone(2) fallback
  *   child.c    the child's setup sequence, top to bottom, then exec
  *   rootfs.c   child side: overlay, /proc, /sys, /dev, pivot_root
+ *   fds.c      child side: standard streams, pass_fds, closing the rest
+ *   identity.c child side: hostname, rlimits, groups, gid, uid
  *   overlay.c  parent side: the overlayfs mount options
  *   error.c    error records (convention in error.h)
  */
@@ -51,6 +53,13 @@ pid_t pc_clone(unsigned long namespaces, int (*fn)(void *), void *arg, void *sta
 
 /* child.c: the child's entry point; never returns. */
 int pc_child_main(void *child_args);
+
+/* fds.c (child side, async-signal-safe) */
+int pc_fds_setup_stdio(const struct pc_spawn_request *request, struct pc_error *err);
+int pc_fds_close_others(const struct pc_spawn_request *request, struct pc_error *err);
+
+/* identity.c (child side, async-signal-safe) */
+int pc_identity_apply(const struct pc_spawn_request *request, struct pc_error *err);
 
 /* rootfs.c (child side, async-signal-safe) */
 int pc_rootfs_make_private(struct pc_error *err);

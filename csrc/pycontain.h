@@ -19,6 +19,11 @@
 #define PC_DEFAULT_NAMESPACES \
     (CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC)
 
+struct pc_rlimit {
+    int resource; /* RLIMIT_* */
+    unsigned long long soft, hard;
+};
+
 struct pc_spawn_request {
     /* CLONE_NEW* flags; CLONE_NEWNS is required (all mounts live in it). */
     unsigned long namespaces;
@@ -55,6 +60,26 @@ struct pc_spawn_request {
     const char *const *exec_paths;
     char *const *argv;
     char *const *envp;
+
+    /* Standard streams: the fd to put on 0, 1 and 2, or -1 to inherit. */
+    int stdio[3];
+    /* Further fds the program inherits, at the same numbers. */
+    const int *pass_fds;
+    size_t pass_fd_count;
+
+    /* Settings applied inside the container, in this order, after
+     * pivot_root: hostname (NULL: keep the copy of the host's), rlimits,
+     * supplementary groups (when set_groups), gid, uid (-1: keep), umask
+     * (-1: the caller's). */
+    const char *hostname;
+    const struct pc_rlimit *rlimits;
+    size_t rlimit_count;
+    int set_groups;
+    const gid_t *groups;
+    size_t group_count;
+    long long gid;
+    long long uid;
+    int umask;
 
     /* Testing knob: skip clone3 and use the clone(2) fallback. */
     int force_legacy_clone;

@@ -68,6 +68,20 @@ static char *child_stack(int *cached)
     return base + (mapped - CHILD_STACK_SIZE);
 }
 
+static int move_above_stdio(int *fd)
+{
+    int moved;
+
+    if (*fd > 2)
+        return 0;
+    moved = fcntl(*fd, F_DUPFD_CLOEXEC, 3);
+    if (moved < 0)
+        return -1;
+    close(*fd);
+    *fd = moved;
+    return 0;
+}
+
 int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
              struct pc_error *err)
 {
@@ -90,6 +104,15 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
      * cannot stall us. */
     if (pipe2(pipe_fds, O_CLOEXEC | O_NONBLOCK) < 0)
         return pc_fail(err, PC_STEP_PREPARE, errno, "pipe");
+    /* Keep the pipe off 0, 1, 2 (free when the caller closed its stdio), or
+     * setting up the program's stdio would overwrite it. */
+    if (move_above_stdio(&pipe_fds[0]) < 0 || move_above_stdio(&pipe_fds[1]) < 0) {
+        int saved = errno;
+
+        close(pipe_fds[0]);
+        close(pipe_fds[1]);
+        return pc_fail(err, PC_STEP_PREPARE, saved, "pipe");
+    }
     child_args.error_fd = pipe_fds[1];
     stack = child_stack(&stack_cached);
     if (stack == NULL) {

@@ -5,7 +5,9 @@
 """
 
 from ._errors import SpawnError, TimeoutExpired
+from ._io import DEVNULL, PIPE, STDOUT
 from ._process import Process
+from ._run import run
 
-__all__ = ["Process", "SpawnError", "TimeoutExpired"]
+__all__ = ["DEVNULL", "PIPE", "STDOUT", "Process", "SpawnError", "TimeoutExpired", "run"]
 __version__ = "0.1.0"

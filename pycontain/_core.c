@@ -8,6 +8,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <sched.h>
+#include <string.h>
 
 #include "pycontain.h"
 
@@ -45,83 +46,128 @@ static char **bytes_array(PyObject *seq, const char *what)
     return array;
 }
 
-static int *int_array(PyObject *seq, size_t *count)
-{
-    Py_ssize_t n;
-    int *array;
+/* Conversions for PyArg_ParseTupleAndKeywords ("O&"). Each fills a
+ * struct the cleanup at the end of core_spawn releases. */
+struct int_list {
+    int *items;
+    size_t count;
+};
 
+static int convert_int_list(PyObject *seq, void *out)
+{
+    struct int_list *list = out;
+    Py_ssize_t n;
+
+    if (seq == NULL) { /* cleanup call: parsing failed after this argument */
+        PyMem_Free(list->items);
+        list->items = NULL;
+        return 1;
+    }
     if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
-        PyErr_SetString(PyExc_TypeError, "layer_fds must be a list of int");
-        return NULL;
+        PyErr_SetString(PyExc_TypeError, "expected a list of int");
+        return 0;
     }
     n = PySequence_Fast_GET_SIZE(seq);
-    array = PyMem_New(int, (size_t)n + 1);
-    if (array == NULL) {
+    list->items = PyMem_New(int, (size_t)n + 1);
+    if (list->items == NULL) {
         PyErr_NoMemory();
-        return NULL;
+        return 0;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        long value = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
 
-        if (fd < 0 || fd > INT_MAX) {
+        if (value < INT_MIN || value > INT_MAX) {
             if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "layer_fds must be valid fds");
-            PyMem_Free(array);
-            return NULL;
+                PyErr_SetString(PyExc_OverflowError, "value out of range for int");
         }
-        array[i] = (int)fd;
+        if (PyErr_Occurred()) {
+            PyMem_Free(list->items);
+            list->items = NULL;
+            return 0;
+        }
+        list->items[i] = (int)value;
     }
-    *count = (size_t)n;
-    return array;
+    list->count = (size_t)n;
+    return Py_CLEANUP_SUPPORTED;
+}
+
+/* "O&" converter: bytes (no NUL inside) or None to a C string or NULL. */
+static int convert_optional_bytes(PyObject *value, void *out)
+{
+    const char **string = out;
+
+    if (value == Py_None) {
+        *string = NULL;
+        return 1;
+    }
+    if (!PyBytes_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "expected bytes or None, not %.100s", Py_TYPE(value)->tp_name);
+        return 0;
+    }
+    if ((size_t)PyBytes_GET_SIZE(value) != strlen(PyBytes_AS_STRING(value))) {
+        PyErr_SetString(PyExc_ValueError, "embedded NUL byte");
+        return 0;
+    }
+    *string = PyBytes_AS_STRING(value);
+    return 1;
 }
 
 PyDoc_STRVAR(spawn_doc,
-             "spawn(argv, envp, exec_paths, cwd, layer_paths, layer_fds, upper_path, upper_fd,\n"
-             "      work_path, work_fd, scratch_dir, namespaces, force_legacy_clone,\n"
+             "spawn(*, argv, envp, exec_paths, cwd, layer_paths, layer_fds, upper_path,\n"
+             "      upper_fd, work_path, work_fd, scratch_dir, namespaces, stdio, pass_fds,\n"
+             "      hostname, rlimits, groups, gid, uid, umask, force_legacy_clone=False,\n"
              "      trace=None) -> (pid, pidfd)\n\n"
-             "Start a container. Arguments are pre-validated bytes and fds (see\n"
-             "pycontain/_spawn.py). Raises StepError(step, errno, detail) on failure.\n"
+             "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
+             "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
+             "None or a list of gids. Raises StepError(step, errno, detail) on failure.\n"
              "trace: a writable buffer of STEP_COUNT native unsigned long longs that\n"
              "receives when each step ended (CLOCK_MONOTONIC ns), for benchmarks.");
 
-static PyObject *core_spawn(PyObject *module, PyObject *args)
+static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *layer_list;
-    PyObject *result = NULL, *trace = Py_None;
+    static char *keywords[] = {"argv", "envp", "exec_paths", "cwd", "layer_paths", "layer_fds",
+                               "upper_path", "upper_fd", "work_path", "work_fd", "scratch_dir",
+                               "namespaces", "stdio", "pass_fds", "hostname", "rlimits",
+                               "groups", "gid", "uid", "umask", "force_legacy_clone", "trace",
+                               NULL};
+    PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *rlimit_list;
+    PyObject *group_list, *result = NULL, *trace = Py_None;
     Py_buffer trace_buffer = {0};
-    const char *scratch_dir, *upper_path, *work_path;
+    const char *scratch_dir, *upper_path, *work_path, *hostname;
     unsigned long namespaces;
-    int upper_fd, work_fd, force_legacy_clone, rc;
+    long long gid, uid;
+    int upper_fd, work_fd, umask_value, force_legacy_clone = 0, rc;
+    struct int_list layer_fds = {0}, stdio = {0}, pass_fds = {0};
     struct pc_spawn_request request = {0};
+    struct pc_rlimit *rlimits = NULL;
+    gid_t *groups = NULL;
     struct pc_process process;
     struct pc_error err;
     char **argv = NULL, **envp = NULL, **exec_paths = NULL, **layer_paths = NULL;
-    int *layer_fds = NULL;
 
     (void)module;
-    if (!PyArg_ParseTuple(args, "OOOOOOziziykp|O", &argv_list, &envp_list, &exec_list, &cwd,
-                          &layer_path_list, &layer_list, &upper_path, &upper_fd, &work_path,
-                          &work_fd, &scratch_dir, &namespaces, &force_legacy_clone, &trace))
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pO", keywords, &argv_list, &envp_list,
+            &exec_list, &cwd, &layer_path_list, convert_int_list, &layer_fds,
+            convert_optional_bytes, &upper_path, &upper_fd, convert_optional_bytes, &work_path,
+            &work_fd, &scratch_dir, &namespaces, convert_int_list, &stdio, convert_int_list,
+            &pass_fds, convert_optional_bytes, &hostname, &rlimit_list, &group_list, &gid, &uid,
+            &umask_value, &force_legacy_clone, &trace))
         return NULL;
-    if (trace != Py_None) {
-        if (PyObject_GetBuffer(trace, &trace_buffer, PyBUF_WRITABLE) < 0)
-            return NULL;
-        if ((size_t)trace_buffer.len < PC_STEP_COUNT * sizeof(unsigned long long)) {
-            PyBuffer_Release(&trace_buffer);
-            return PyErr_Format(PyExc_ValueError, "trace must hold %d unsigned long longs",
-                                PC_STEP_COUNT);
-        }
-        request.trace_ns = trace_buffer.buf;
+    if (cwd != Py_None && !PyBytes_Check(cwd)) {
+        PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
+        goto done;
     }
-    if (cwd != Py_None && !PyBytes_Check(cwd))
-        return PyErr_Format(PyExc_TypeError, "cwd must be bytes or None");
+    if (stdio.count != 3) {
+        PyErr_SetString(PyExc_ValueError, "stdio must have 3 items");
+        goto done;
+    }
     if ((argv = bytes_array(argv_list, "argv")) == NULL ||
         (envp = bytes_array(envp_list, "envp")) == NULL ||
         (exec_paths = bytes_array(exec_list, "exec_paths")) == NULL ||
-        (layer_paths = bytes_array(layer_path_list, "layer_paths")) == NULL ||
-        (layer_fds = int_array(layer_list, &request.layer_count)) == NULL)
+        (layer_paths = bytes_array(layer_path_list, "layer_paths")) == NULL)
         goto done;
-    if ((size_t)PySequence_Fast_GET_SIZE(layer_path_list) != request.layer_count) {
+    if ((size_t)PySequence_Fast_GET_SIZE(layer_path_list) != layer_fds.count) {
         PyErr_SetString(PyExc_ValueError, "layer_paths and layer_fds differ in length");
         goto done;
     }
@@ -130,11 +176,56 @@ static PyObject *core_spawn(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "upper and work need a path and an fd each, or neither");
         goto done;
     }
+    if (!PyList_Check(rlimit_list)) {
+        PyErr_SetString(PyExc_TypeError, "rlimits must be a list");
+        goto done;
+    }
+    rlimits = PyMem_New(struct pc_rlimit, (size_t)PyList_GET_SIZE(rlimit_list) + 1);
+    if (rlimits == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rlimit_list); i++)
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(rlimit_list, i), "iKK;rlimits items are (resource, soft, hard)",
+                              &rlimits[i].resource, &rlimits[i].soft, &rlimits[i].hard))
+            goto done;
+    if (group_list != Py_None) {
+        if (!PyList_Check(group_list)) {
+            PyErr_SetString(PyExc_TypeError, "groups must be a list or None");
+            goto done;
+        }
+        groups = PyMem_New(gid_t, (size_t)PyList_GET_SIZE(group_list) + 1);
+        if (groups == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(group_list); i++) {
+            unsigned long value = PyLong_AsUnsignedLong(PyList_GET_ITEM(group_list, i));
+
+            if (PyErr_Occurred())
+                goto done;
+            groups[i] = (gid_t)value;
+        }
+        request.set_groups = 1;
+        request.groups = groups;
+        request.group_count = (size_t)PyList_GET_SIZE(group_list);
+    }
+    if (trace != Py_None) {
+        if (PyObject_GetBuffer(trace, &trace_buffer, PyBUF_WRITABLE) < 0)
+            goto done;
+        if ((size_t)trace_buffer.len < PC_STEP_COUNT * sizeof(unsigned long long)) {
+            PyErr_Format(PyExc_ValueError, "trace must hold %d unsigned long longs",
+                         PC_STEP_COUNT);
+            goto done;
+        }
+        request.trace_ns = trace_buffer.buf;
+    }
 
     request.namespaces = namespaces;
     request.scratch_dir = scratch_dir;
     request.layer_paths = (const char *const *)layer_paths;
-    request.layer_fds = layer_fds;
+    request.layer_fds = layer_fds.items;
+    request.layer_count = layer_fds.count;
     request.upper_path = upper_path;
     request.upper_fd = upper_fd;
     request.work_path = work_path;
@@ -143,10 +234,20 @@ static PyObject *core_spawn(PyObject *module, PyObject *args)
     request.exec_paths = (const char *const *)exec_paths;
     request.argv = argv;
     request.envp = envp;
+    for (int i = 0; i < 3; i++)
+        request.stdio[i] = stdio.items[i];
+    request.pass_fds = pass_fds.items;
+    request.pass_fd_count = pass_fds.count;
+    request.hostname = hostname;
+    request.rlimits = rlimits;
+    request.rlimit_count = (size_t)PyList_GET_SIZE(rlimit_list);
+    request.gid = gid;
+    request.uid = uid;
+    request.umask = umask_value;
     request.force_legacy_clone = force_legacy_clone;
 
-    /* The argument objects stay referenced by `args` while the GIL is
-     * released, so the borrowed string pointers remain valid. */
+    /* The argument objects stay referenced by `args`/`kwargs` while the GIL
+     * is released, so the borrowed string pointers remain valid. */
     Py_BEGIN_ALLOW_THREADS
     rc = pc_spawn(&request, &process, &err);
     Py_END_ALLOW_THREADS
@@ -166,7 +267,11 @@ done:
     PyMem_Free(envp);
     PyMem_Free(exec_paths);
     PyMem_Free(layer_paths);
-    PyMem_Free(layer_fds);
+    PyMem_Free(layer_fds.items);
+    PyMem_Free(stdio.items);
+    PyMem_Free(pass_fds.items);
+    PyMem_Free(rlimits);
+    PyMem_Free(groups);
     if (trace_buffer.obj != NULL)
         PyBuffer_Release(&trace_buffer);
     return result;
@@ -191,7 +296,7 @@ static PyObject *core_step_names(PyObject *module, PyObject *unused)
 
 static PyMethodDef core_methods[] = {
     {"step_names", core_step_names, METH_NOARGS, "step_names() -> tuple of every step's name"},
-    {"spawn", core_spawn, METH_VARARGS, spawn_doc},
+    {"spawn", (PyCFunction)(void (*)(void))core_spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import errno
 import os
 import select
+import selectors
 import signal as signal_module
+import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
-from . import _spawn
+from . import _io, _spawn
 from ._errors import TimeoutExpired
 from ._spawn import Env, StrOrBytesPath
 
@@ -65,14 +67,49 @@ class Process:
         executable: StrOrBytesPath | None = None,
         cwd: StrOrBytesPath | None = None,
         env: Env | None = None,
+        stdin: _io.Stream = None,
+        stdout: _io.Stream = None,
+        stderr: _io.Stream = None,
+        pass_fds: Iterable[int] = (),
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str | None = None,
+        bufsize: int = -1,
+        universal_newlines: bool | None = None,
+        hostname: str | bytes | None = None,
+        rlimits: Mapping[str | int, int | tuple[int | None, int | None]] | None = None,
+        groups: Iterable[int] | None = None,
+        gid: int | None = None,
+        uid: int | None = None,
+        umask: int | None = None,
         _force_legacy_clone: bool = False,
     ) -> None:
         self.args = args
+        self.stdin: IO[Any] | None = None
+        self.stdout: IO[Any] | None = None
+        self.stderr: IO[Any] | None = None
         # Guards _pidfd, returncode and _users: the pidfd is closed only when
         # the process has been reaped and no thread is still using the fd, so
         # a signal can never reach a recycled pid or a reused fd number.
         self._lock = threading.Lock()
         self._users = 0
+        self._communication: _io.Communication | None = None
+        if (
+            universal_newlines is not None
+            and text is not None
+            and bool(universal_newlines) != bool(text)
+        ):
+            raise subprocess.SubprocessError(
+                "Cannot disambiguate when both text and universal_newlines are supplied "
+                "but different. Pass one or the other."
+            )
+        self.text_mode = bool(text or universal_newlines or encoding or errors)
+        if isinstance(bufsize, bool) or not isinstance(bufsize, int):
+            raise TypeError("bufsize must be an int")
+        checked_settings = _spawn.settings(
+            hostname=hostname, rlimits=rlimits, groups=groups, gid=gid, uid=uid, umask=umask
+        )
+        passed = _pass_fds(pass_fds)
         prepared = _spawn.prepare(
             args,
             layers=layers,
@@ -82,13 +119,36 @@ class Process:
             cwd=cwd,
             env=env,
         )
+        prepared.settings = checked_settings
+        prepared.pass_fds = passed
+        try:
+            streams = _io.open_streams(stdin, stdout, stderr)
+        except BaseException:
+            prepared.release()
+            raise
+        prepared.stdio = (streams.child[0], streams.child[1], streams.child[2])
         try:
             self.pid, self._pidfd = _spawn.spawn(prepared, force_legacy_clone=_force_legacy_clone)
         except BaseException:
             prepared.release()
+            streams.close_all()
             raise
         prepared.close_fds()
+        streams.close_child_ends()
         self._workdir = prepared.created_workdir
+        files = [
+            None
+            if fd < 0
+            else _io.wrap(
+                fd, index, text=self.text_mode, encoding=encoding, errors=errors, bufsize=bufsize
+            )
+            for index, fd in enumerate(streams.parent)
+        ]
+        self.stdin, self.stdout, self.stderr = files
+
+    @property
+    def universal_newlines(self) -> bool:
+        return self.text_mode
 
     # -- waiting ---------------------------------------------------------
 
@@ -163,6 +223,67 @@ class Process:
             _spawn.remove_workdir(self._workdir)
             self._workdir = None
 
+    # -- communicating -------------------------------------------------
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[Any, Any]:
+        """Send ``input`` to stdin, read stdout and stderr to the end, wait.
+
+        As ``subprocess.Popen.communicate``: returns ``(stdout, stderr)``
+        (``None`` for a stream that is not a pipe; ``str`` in text mode). On
+        timeout raises :class:`pycontain.TimeoutExpired` carrying the output
+        read so far; calling ``communicate()`` again continues where it left.
+        """
+        if self._communication is not None and input:
+            raise ValueError("Cannot send input after starting communication")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        state = self._communication
+        if state is None:
+            state = self._communication = self._start_communication(input)
+        if not _io.pump(state, self.stdin, deadline):
+            output, errors = self._collected(state)
+            raise TimeoutExpired(self.args, timeout, output=output, stderr=errors)  # type: ignore[arg-type]
+        output, errors = self._collected(state)
+        for stream in (self.stdout, self.stderr):
+            if stream is not None:
+                stream.close()
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            self.wait(remaining)
+        except TimeoutExpired as expired:
+            expired.timeout = timeout  # type: ignore[assignment]
+            expired.output, expired.stderr = output, errors
+            raise
+        return output, errors
+
+    def _start_communication(self, input: Any) -> _io.Communication:
+        state = _io.Communication()
+        if self.stdin is not None:
+            try:
+                self.stdin.flush()
+            except BrokenPipeError:
+                pass  # the program is gone; as subprocess, not an error here
+            if input:
+                if self.text_mode:
+                    input = input.encode(self.stdin.encoding, self.stdin.errors)  # type: ignore[attr-defined]
+                state.input = memoryview(input).cast("B")
+                state.open_fds[self.stdin.fileno()] = selectors.EVENT_WRITE
+            else:
+                try:
+                    self.stdin.close()
+                except BrokenPipeError:
+                    pass
+        fds = [-1, -1]
+        for index, stream in enumerate((self.stdout, self.stderr)):
+            if stream is not None:
+                fds[index] = stream.fileno()
+                state.open_fds[fds[index]] = selectors.EVENT_READ
+                state.chunks[fds[index]] = []
+        state.output_fds = (fds[0], fds[1])
+        return state
+
+    def _collected(self, state: _io.Communication) -> tuple[Any, Any]:
+        return state.output(0, self.stdout), state.output(1, self.stderr)
+
     # -- signals ---------------------------------------------------------
 
     def send_signal(self, sig: int) -> None:
@@ -194,7 +315,21 @@ class Process:
     # -- cleanup ---------------------------------------------------------
 
     def close(self) -> None:
-        """Kill the program if it is still running, reap it, release everything."""
+        """Kill the program if it is still running, close the pipes, reap it.
+
+        Afterwards no fd, process, mount or directory of this container
+        remains. Safe to call more than once.
+        """
+        self._kill_and_reap(reap=False)
+        for stream in (self.stdin, self.stdout, self.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass  # unflushed input for a program that is gone
+        self._kill_and_reap()
+
+    def _kill_and_reap(self, reap: bool = True) -> None:
         if self._pidfd < 0:
             return
         if self.poll() is None:
@@ -202,7 +337,8 @@ class Process:
                 self.kill()
             except ProcessLookupError:
                 pass  # ended and reaped by another thread meanwhile
-        self.wait()
+        if reap:
+            self.wait()
 
     def __enter__(self) -> Process:
         return self
@@ -218,13 +354,27 @@ class Process:
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if self._pidfd < 0:
             return
-        if self.returncode is None:
+        if self.poll() is None:
             _warn(f"pycontain: {self!r} is still running; killing it", ResourceWarning, source=self)
-        self.close()
+        # The pipes are left to their own finalizers: the caller may still
+        # hold them.
+        self._kill_and_reap()
 
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"returncode={self.returncode}"
         return f"<pycontain.Process pid={self.pid} args={self.args!r} {state}>"
+
+
+def _pass_fds(fds: Iterable[int]) -> tuple[int, ...]:
+    checked = []
+    for fd in fds:
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"pass_fds items must be ints, not {type(fd).__name__}")
+        if fd < 0:
+            raise ValueError(f"pass_fds: invalid fd {fd}")
+        os.fstat(fd)  # EBADF now, rather than in the container
+        checked.append(fd)
+    return tuple(sorted(set(checked)))
 
 
 def _readable(fd: int, timeout: float | None) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -88,6 +89,10 @@ class Prepared:
     work_path: bytes | None = None
     work_fd: int = -1
     created_workdir: bytes | None = None
+    settings: Settings = field(default_factory=lambda: Settings())
+    # fds for 0, 1, 2 (-1: inherit) and further fds to pass; not owned here.
+    stdio: tuple[int, int, int] = (-1, -1, -1)
+    pass_fds: tuple[int, ...] = ()
 
     def close_fds(self) -> None:
         for fd in [*self.layer_fds, self.upper_fd, self.work_fd]:
@@ -100,6 +105,92 @@ class Prepared:
         self.close_fds()
         remove_workdir(self.created_workdir)
         self.created_workdir = None
+
+
+@dataclass
+class Settings:
+    """The declarative settings applied inside the container, checked."""
+
+    hostname: bytes | None = None
+    rlimits: list[tuple[int, int, int]] = field(default_factory=list)
+    groups: list[int] | None = None
+    gid: int = -1
+    uid: int = -1
+    umask: int = -1
+
+
+# rlimits={"nofile": (soft, hard)}: the names of resource.RLIMIT_* in lower case.
+RLIMIT_NAMES = {
+    name[len("RLIMIT_") :].lower(): getattr(resource, name)
+    for name in dir(resource)
+    if name.startswith("RLIMIT_")
+}
+_HOST_NAME_MAX = 64
+
+
+def _id(value: int | None, what: str) -> int:
+    if value is None or value == -1:
+        return -1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int (a number, not a name), not {type(value).__name__}")
+    if not 0 <= value < 2**32 - 1:
+        raise ValueError(f"{what} out of range: {value}")
+    return value
+
+
+def _limit(value: int | None, what: str) -> int:
+    if value is None:
+        return resource.RLIM_INFINITY
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int or None (unlimited)")
+    if value == resource.RLIM_INFINITY:
+        return value
+    if value < 0:
+        raise ValueError(f"{what} must not be negative: {value}")
+    return value
+
+
+def settings(
+    *,
+    hostname: str | bytes | None = None,
+    rlimits: Mapping[str | int, int | tuple[int | None, int | None]] | None = None,
+    groups: Iterable[int] | None = None,
+    gid: int | None = None,
+    uid: int | None = None,
+    umask: int | None = None,
+) -> Settings:
+    """Check the declarative settings; raises ValueError/TypeError."""
+    checked = Settings(gid=_id(gid, "gid"), uid=_id(uid, "uid"))
+    if hostname is not None:
+        name = to_bytes(hostname, "hostname")
+        if not name or len(name) > _HOST_NAME_MAX:
+            raise ValueError(f"hostname must be 1 to {_HOST_NAME_MAX} bytes long: {hostname!r}")
+        checked.hostname = name
+    for key, value in (rlimits or {}).items():
+        if isinstance(key, str):
+            if key.lower() not in RLIMIT_NAMES:
+                raise ValueError(
+                    f"unknown rlimit {key!r}; known: {', '.join(sorted(RLIMIT_NAMES))}"
+                )
+            number = RLIMIT_NAMES[key.lower()]
+        elif isinstance(key, int) and key in RLIMIT_NAMES.values():
+            number = key
+        else:
+            raise ValueError(f"unknown rlimit {key!r}")
+        soft, hard = value if isinstance(value, tuple) else (value, value)
+        soft, hard = _limit(soft, f"rlimit {key!r} soft"), _limit(hard, f"rlimit {key!r} hard")
+        if hard != resource.RLIM_INFINITY and (soft == resource.RLIM_INFINITY or soft > hard):
+            raise ValueError(f"rlimit {key!r}: soft limit {soft} exceeds hard limit {hard}")
+        checked.rlimits.append((number, soft, hard))
+    if groups is not None:
+        checked.groups = [_id(group, "groups item") for group in groups]
+        if -1 in checked.groups:
+            raise ValueError("groups items must be group ids")
+    if umask is not None and umask != -1:
+        if isinstance(umask, bool) or not isinstance(umask, int) or not 0 <= umask <= 0o777:
+            raise ValueError(f"umask must be an int from 0 to 0o777, not {umask!r}")
+        checked.umask = umask
+    return checked
 
 
 def remove_workdir(path: bytes | None) -> None:
@@ -234,21 +325,30 @@ def _make_workdir(writedir: bytes) -> bytes:
 
 def spawn(prepared: Prepared, *, force_legacy_clone: bool = False) -> tuple[int, int]:
     """Start the container; returns (pid, pidfd) or raises SpawnError."""
+    settings = prepared.settings
     try:
         return _core.spawn(
-            prepared.argv,
-            prepared.envp,
-            prepared.exec_paths,
-            prepared.cwd,
-            [os.path.abspath(layer) for layer in prepared.layers],
-            prepared.layer_fds,
-            None if prepared.upper_path is None else os.path.abspath(prepared.upper_path),
-            prepared.upper_fd,
-            prepared.work_path,
-            prepared.work_fd,
-            scratch_dir(),
-            _core.DEFAULT_NAMESPACES,
-            force_legacy_clone,
+            argv=prepared.argv,
+            envp=prepared.envp,
+            exec_paths=prepared.exec_paths,
+            cwd=prepared.cwd,
+            layer_paths=[os.path.abspath(layer) for layer in prepared.layers],
+            layer_fds=prepared.layer_fds,
+            upper_path=None if prepared.upper_path is None else os.path.abspath(prepared.upper_path),
+            upper_fd=prepared.upper_fd,
+            work_path=prepared.work_path,
+            work_fd=prepared.work_fd,
+            scratch_dir=scratch_dir(),
+            namespaces=_core.DEFAULT_NAMESPACES,
+            stdio=list(prepared.stdio),
+            pass_fds=list(prepared.pass_fds),
+            hostname=settings.hostname,
+            rlimits=settings.rlimits,
+            groups=settings.groups,
+            gid=settings.gid,
+            uid=settings.uid,
+            umask=settings.umask,
+            force_legacy_clone=force_legacy_clone,
         )
     except _core.StepError as failure:
         step, err, detail = failure.args
