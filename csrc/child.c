@@ -4,8 +4,11 @@
  * parent's memory (CLONE_VM) while the parent thread sleeps (CLONE_VFORK),
  * so it reads what the parent prepared, writes only its own stack, and never
  * allocates, locks, or calls into Python. Any failure is sent to the parent
- * as one `struct pc_error` over the close-on-exec error pipe, then the child
- * exits; a successful exec closes the pipe instead.
+ * as one message over the close-on-exec error pipe, then the child exits; a
+ * successful exec closes the pipe instead.
+ *
+ * On the fork path (forkspawn.c) the same steps run in a forked copy of the
+ * caller, and only there may hooks run caller code.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -77,6 +80,21 @@ static int exec_program(const struct pc_spawn_request *request, struct pc_error 
     return pc_fail(err, PC_STEP_EXEC, failed_errno, failed_path);
 }
 
+/* Run the caller's code for `hook`, if any, bracketed by messages so that
+ * the parent can tell a hook that exited or was killed from an exec. */
+static int run_hook(const struct pc_child_args *args, enum pc_hook hook, struct pc_error *err)
+{
+    const struct pc_hooks *hooks = args->request->hooks;
+
+    if (hooks == NULL || !(hooks->points & (1U << hook)))
+        return 0;
+    pc_send(args->error_fd, PC_MESSAGE_HOOK_ENTER, hook);
+    if (hooks->run(hooks->context, hook, err) < 0)
+        return -1;
+    pc_send(args->error_fd, PC_MESSAGE_HOOK_LEAVE, hook);
+    return 0;
+}
+
 /* One step: run it, and on success note when it ended (for benchmarks). */
 #define STEP(step, call)                 \
     do {                                 \
@@ -97,12 +115,12 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
     STEP(PC_STEP_MOUNT_OVERLAY, pc_rootfs_mount_overlay(request, args->overlay_options, err));
     STEP(PC_STEP_MOUNT_SYS, pc_rootfs_mount_proc_sys(err));
     STEP(PC_STEP_MOUNT_DEV, pc_rootfs_mount_dev(err));
-    /* (pre_pivot hook: here) */
+    STEP(PC_STEP_PRE_PIVOT, run_hook(args, PC_HOOK_PRE_PIVOT, err));
     STEP(PC_STEP_PIVOT_ROOT, pc_rootfs_pivot(err));
     if (request->cwd != NULL && chdir(request->cwd) < 0)
         return pc_fail(err, PC_STEP_CHDIR, errno, request->cwd);
     STEP(PC_STEP_STDIO, pc_fds_setup_stdio(request, err));
-    /* (pre_exec hook: here) */
+    STEP(PC_STEP_PRE_EXEC, run_hook(args, PC_HOOK_PRE_EXEC, err));
     STEP(PC_STEP_SETUID, pc_identity_apply(request, err));
     STEP(PC_STEP_CLOSE_FDS, pc_fds_close_others(request, err));
     umask(request->umask >= 0 ? (mode_t)request->umask : caller_umask);
@@ -114,11 +132,11 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
 int pc_child_main(void *child_args)
 {
     const struct pc_child_args *args = child_args;
-    struct pc_error err;
+    struct pc_message message = {.kind = PC_MESSAGE_ERROR};
 
-    run_steps(args, &err);
-    /* One write of a record smaller than PIPE_BUF is atomic; if it fails
+    run_steps(args, &message.error);
+    /* One write of a message smaller than PIPE_BUF is atomic; if it fails
      * there is no one left to tell. */
-    (void)!write(args->error_fd, &err, sizeof err);
+    (void)!write(args->error_fd, &message, sizeof message);
     _exit(127);
 }

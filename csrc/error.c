@@ -29,6 +29,10 @@ static const char *const step_names[PC_STEP_COUNT] = {
     [PC_STEP_STDIO] = "stdio",
     [PC_STEP_CLOSE_FDS] = "close-fds",
     [PC_STEP_EXEC] = "exec",
+    [PC_STEP_PRE_PIVOT] = "pre_pivot",
+    [PC_STEP_PRE_EXEC] = "pre_exec",
+    [PC_STEP_TIMEOUT] = "timeout",
+    [PC_STEP_UNSHARE] = "unshare",
 };
 
 int pc_fail(struct pc_error *err, enum pc_step step, int errnum, const char *detail)
@@ -37,6 +41,7 @@ int pc_fail(struct pc_error *err, enum pc_step step, int errnum, const char *det
 
     err->step = (int32_t)step;
     err->err = errnum;
+    err->status = 0;
     /* A hand-written strlcpy: the libc string functions are not on the
      * async-signal-safe list everywhere, and this runs in the child. */
     if (detail != NULL)
@@ -54,4 +59,4 @@ const char *pc_step_name(int step)
 }
 
 #include <limits.h>
-_Static_assert(sizeof(struct pc_error) <= PIPE_BUF, "an error record must fit one atomic write");
+_Static_assert(sizeof(struct pc_error) + 8 <= PIPE_BUF, "a message must fit one atomic write");

@@ -44,17 +44,24 @@ enum pc_step {
     PC_STEP_STDIO,
     PC_STEP_CLOSE_FDS,
     PC_STEP_EXEC,
+    /* hooks (fork path) */
+    PC_STEP_PRE_PIVOT,
+    PC_STEP_PRE_EXEC,
+    PC_STEP_TIMEOUT,  /* the spawn took longer than its timeout */
+    PC_STEP_UNSHARE,  /* the fork path's helper entering the namespaces */
     PC_STEP_COUNT
 };
 
 /* Long enough for any path, and for the end of a callback's traceback;
  * longer ones are cut. */
-#define PC_DETAIL_MAX 4000
+#define PC_DETAIL_MAX 3980
 
 /* Fixed size and smaller than PIPE_BUF, so one write(2) sends it whole. */
 struct pc_error {
     int32_t step;
-    int32_t err; /* errno */
+    int32_t err;    /* errno; 0 for a hook that raised or died */
+    int32_t status; /* how a process that died in a hook ended: exit status,
+                     * or -N for signal N; else 0 */
     char detail[PC_DETAIL_MAX];
 };
 

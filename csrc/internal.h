@@ -2,6 +2,8 @@
  * interface (pycontain.h). Each file owns one concern:
  *
  *   spawn.c    parent side: prepares, clones, collects the child's verdict
+ *   forkspawn.c the fork path, for requests with hooks (caller code)
+ *   messages.c the error pipe's messages
  *   clone.c    clone3 with a pidfd and a separate stack, clone(2) fallback
  *   child.c    the child's setup sequence, top to bottom, then exec
  *   rootfs.c   child side: overlay, /proc, /sys, /dev, pivot_root
@@ -14,12 +16,34 @@
 #define PYCONTAIN_INTERNAL_H
 
 #include <signal.h>
+#include <stdint.h>
 #include <time.h>
 
 #include "pycontain.h"
 
 /* The mount data of mount(2) is one page; the kernel cuts the rest. */
 #define PC_OVERLAY_OPTIONS_MAX 4096
+
+/* What travels on the error pipe: one message per write(2), each smaller
+ * than PIPE_BUF. pc_spawn's child only ever sends one ERROR; on the fork
+ * path the helper sends PID first, and the container's process brackets
+ * each hook with HOOK_ENTER / HOOK_LEAVE so that the parent can tell a
+ * hook that exited or was killed from a successful exec. */
+enum pc_message_kind {
+    PC_MESSAGE_ERROR = 1,
+    PC_MESSAGE_PID,        /* value: the container's pid */
+    PC_MESSAGE_HOOK_ENTER, /* value: enum pc_hook */
+    PC_MESSAGE_HOOK_LEAVE,
+};
+
+struct pc_message {
+    int32_t kind;
+    int32_t value;
+    struct pc_error error;
+};
+
+/* Write a message without error fields (async-signal-safe). */
+void pc_send(int fd, enum pc_message_kind kind, int value);
 
 /* Everything the child reads: prepared by the parent before clone. */
 struct pc_child_args {
@@ -53,6 +77,15 @@ pid_t pc_clone(unsigned long namespaces, int (*fn)(void *), void *arg, void *sta
 
 /* child.c: the child's entry point; never returns. */
 int pc_child_main(void *child_args);
+
+/* spawn.c: the error pipe, close-on-exec, non-blocking, above fd 2. */
+int pc_open_error_pipe(int pipe_fds[2], struct pc_error *err);
+
+/* messages.c: read messages until EOF, or only what is there when
+ * `nonblocking`; returns 0 (exec'd), 1 (err filled with a failure), or -1
+ * on a timeout or read error (errno). `pid`/`hook` receive the PID message
+ * and the hook the child was in when the pipe closed (-1: none). */
+int pc_read_messages(int fd, int timeout_ms, pid_t *pid, int *hook, struct pc_error *err);
 
 /* fds.c (child side, async-signal-safe) */
 int pc_fds_setup_stdio(const struct pc_spawn_request *request, struct pc_error *err);

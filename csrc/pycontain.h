@@ -10,6 +10,7 @@
 #ifndef PYCONTAIN_H
 #define PYCONTAIN_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -18,6 +19,21 @@
 /* Which namespaces a container gets: CLONE_NEW* flags from <sched.h>. */
 #define PC_DEFAULT_NAMESPACES \
     (CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC)
+
+/* Points in the child's sequence where caller code may run. */
+enum pc_hook {
+    PC_HOOK_PRE_PIVOT = 0, /* overlay and /proc, /sys, /dev mounted; cwd is the new root */
+    PC_HOOK_PRE_EXEC = 1,  /* after pivot_root, cwd and stdio; before uid/gid and exec */
+};
+
+/* Caller code to run at hook points. It runs in the container's process,
+ * which is then made with fork semantics (see pc_fork_prepare), never in a
+ * CLONE_VM child. Returns 0, or -1 after filling err (pc_fail). */
+struct pc_hooks {
+    int (*run)(void *context, enum pc_hook hook, struct pc_error *err);
+    void *context;
+    unsigned int points; /* bit (1 << PC_HOOK_*) set for each hook to run */
+};
 
 struct pc_rlimit {
     int resource; /* RLIMIT_* */
@@ -81,6 +97,10 @@ struct pc_spawn_request {
     long long uid;
     int umask;
 
+    /* NULL, or code to run at hook points: such a request must be spawned
+     * with the fork path (pc_fork_*), not pc_spawn. */
+    const struct pc_hooks *hooks;
+
     /* Testing knob: skip clone3 and use the clone(2) fallback. */
     int force_legacy_clone;
 
@@ -104,5 +124,36 @@ struct pc_process {
  * `err` filled in if any step failed (nothing is left running then). */
 int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
              struct pc_error *err);
+
+/* The fork path, for requests with hooks. A CLONE_VM child must not run
+ * arbitrary code (it shares the parent's memory, and locks other threads
+ * held stay held), so hooks run in a child made by the caller's own fork(),
+ * which runs the runtime's at-fork handlers (glibc resets malloc's locks;
+ * CPython's PyOS_AfterFork_Child makes the interpreter usable):
+ *
+ *     pc_fork_prepare(request, &state, err)      parent, before fork
+ *     pid = fork();
+ *     child:  pc_fork_helper(&state)             never returns
+ *     parent: pc_fork_collect(&state, pid, timeout_ms, process, err)
+ *
+ * The forked helper enters the new namespaces with unshare and clones the
+ * container's process with CLONE_PARENT, so that process is PID 1 of its
+ * namespace and the caller's own child; the helper then exits. Collect
+ * reaps the helper, waits (up to timeout_ms, -1: forever) for the exec or
+ * a failure, and kills everything on timeout (err: PC_STEP_TIMEOUT). */
+struct pc_fork_state {
+    const struct pc_spawn_request *request;
+    int pipe_fds[2];
+    sigset_t caller_mask; /* prepare blocks all signals; collect restores */
+    char overlay_options[4096];
+};
+
+int pc_fork_prepare(const struct pc_spawn_request *request, struct pc_fork_state *state,
+                    struct pc_error *err);
+__attribute__((noreturn)) void pc_fork_helper(struct pc_fork_state *state);
+int pc_fork_collect(struct pc_fork_state *state, pid_t helper, int timeout_ms,
+                    struct pc_process *process, struct pc_error *err);
+/* Release what pc_fork_prepare made, when fork() itself failed. */
+void pc_fork_abandon(struct pc_fork_state *state);
 
 #endif

@@ -82,26 +82,11 @@ static int move_above_stdio(int *fd)
     return 0;
 }
 
-int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
-             struct pc_error *err)
+int pc_open_error_pipe(int pipe_fds[2], struct pc_error *err)
 {
-    char options[PC_OVERLAY_OPTIONS_MAX];
-    struct pc_child_args child_args = {.request = request, .overlay_options = options};
-    struct pc_error child_err;
-    sigset_t all_signals;
-    int pipe_fds[2], pidfd = -1, clone_errno, stack_cached;
-    char *stack;
-    pid_t pid;
-    ssize_t n;
-
-    if (pc_overlay_options(request, options, sizeof options, err) < 0)
-        return -1;
-    if (request->exec_paths == NULL || request->exec_paths[0] == NULL)
-        return pc_fail(err, PC_STEP_PREPARE, EINVAL, "no program to exec");
-    /* Non-blocking: when clone returns, the child has exec'd or exited, so
-     * whatever it had to say is already in the pipe. Not waiting for EOF
-     * means a concurrent fork in another thread holding the write end
-     * cannot stall us. */
+    /* Non-blocking: pc_spawn reads it when the child is known to be done,
+     * so a concurrent fork in another thread holding the write end cannot
+     * stall it; the fork path polls. */
     if (pipe2(pipe_fds, O_CLOEXEC | O_NONBLOCK) < 0)
         return pc_fail(err, PC_STEP_PREPARE, errno, "pipe");
     /* Keep the pipe off 0, 1, 2 (free when the caller closed its stdio), or
@@ -113,6 +98,27 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
         close(pipe_fds[1]);
         return pc_fail(err, PC_STEP_PREPARE, saved, "pipe");
     }
+    return 0;
+}
+
+int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
+             struct pc_error *err)
+{
+    char options[PC_OVERLAY_OPTIONS_MAX];
+    struct pc_child_args child_args = {.request = request, .overlay_options = options};
+    sigset_t all_signals;
+    int pipe_fds[2], pidfd = -1, clone_errno, stack_cached, failed, read_errno, unused_hook;
+    pid_t pid, unused_pid;
+    char *stack;
+
+    if (pc_overlay_options(request, options, sizeof options, err) < 0)
+        return -1;
+    if (request->exec_paths == NULL || request->exec_paths[0] == NULL)
+        return pc_fail(err, PC_STEP_PREPARE, EINVAL, "no program to exec");
+    if (request->hooks != NULL)
+        return pc_fail(err, PC_STEP_PREPARE, EINVAL, "hooks need the fork path");
+    if (pc_open_error_pipe(pipe_fds, err) < 0)
+        return -1;
     child_args.error_fd = pipe_fds[1];
     stack = child_stack(&stack_cached);
     if (stack == NULL) {
@@ -141,20 +147,21 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
         return pc_fail(err, PC_STEP_CLONE, clone_errno, NULL);
     }
 
-    n = read(pipe_fds[0], &child_err, sizeof child_err);
+    /* When clone returns, the child has exec'd or exited: whatever it had
+     * to say is already in the pipe. */
+    failed = pc_read_messages(pipe_fds[0], 0, &unused_pid, &unused_hook, err);
+    read_errno = errno;
     close(pipe_fds[0]);
-    if (n != 0 && !(n < 0 && errno == EAGAIN)) {
+    if (failed != 0) {
         /* The child failed and has exited: reap it so no zombie remains. */
         siginfo_t info;
 
         while (syscall(SYS_waitid, P_PIDFD, pidfd, &info, WEXITED, NULL) < 0 && errno == EINTR)
             ;
         close(pidfd);
-        if (n == (ssize_t)sizeof child_err) {
-            *err = child_err;
-            return -1;
-        }
-        return pc_fail(err, PC_STEP_PREPARE, n < 0 ? errno : EIO, "error pipe");
+        if (failed < 0)
+            return pc_fail(err, PC_STEP_PREPARE, read_errno, "error pipe");
+        return -1;
     }
     process->pid = pid;
     process->pidfd = pidfd;

@@ -4,10 +4,17 @@
         assert p.wait() == 0
 """
 
-from ._errors import SpawnError, TimeoutExpired
+from . import _errors
+from ._errors import CallbackError, SpawnError, TimeoutExpired
 from ._io import DEVNULL, PIPE, STDOUT
 from ._process import Process
 from ._run import run
 
-__all__ = ["DEVNULL", "PIPE", "STDOUT", "Process", "SpawnError", "TimeoutExpired", "run"]
+__all__ = [
+    "CallbackError",
+    "DEVNULL", "PIPE", "STDOUT", "Process", "SpawnError", "TimeoutExpired", "run"]
 __version__ = "0.1.0"
+
+# SpawnFileNotFoundError, SpawnPermissionError, ...: the classes of the
+# SpawnErrors raised, importable so that they pickle.
+globals().update({cls.__name__: cls for cls in _errors.SPAWN_ERROR_CLASSES.values()})

@@ -7,6 +7,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <unistd.h>
 #include <sched.h>
 #include <string.h>
 
@@ -112,16 +113,103 @@ static int convert_optional_bytes(PyObject *value, void *out)
     return 1;
 }
 
+/* The trampoline: the only way Python code runs between clone and exec.
+ *
+ * It runs in the container's process on the fork path only: a forked copy
+ * of this process in which PyOS_AfterFork_Child has made the interpreter
+ * usable, with the GIL released by the helper right after the fork. The
+ * GIL is held just for the call. An exception is formatted (by Python, by
+ * `format_exception`, bounded in size) into the error record; the C
+ * sequence then reports it and exits, so control never returns into the
+ * parent's Python code paths. */
+struct python_hooks {
+    PyObject *callables[2]; /* indexed by enum pc_hook; NULL: none */
+    PyObject *format_exception; /* exc -> (errno, bytes) */
+    PyThreadState *thread_state;
+};
+
+static void record_exception(struct python_hooks *hooks, enum pc_hook hook, struct pc_error *err)
+{
+    enum pc_step step = hook == PC_HOOK_PRE_PIVOT ? PC_STEP_PRE_PIVOT : PC_STEP_PRE_EXEC;
+    PyObject *type, *value, *traceback, *formatted;
+    const char *text = "the callback raised an exception that could not be formatted";
+    int errnum = 0;
+
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL && value != NULL)
+        PyException_SetTraceback(value, traceback);
+    formatted = PyObject_CallOneArg(hooks->format_exception, value != NULL ? value : Py_None);
+    if (formatted != NULL && PyTuple_Check(formatted) && PyTuple_GET_SIZE(formatted) == 2 &&
+        PyBytes_Check(PyTuple_GET_ITEM(formatted, 1))) {
+        errnum = (int)PyLong_AsLong(PyTuple_GET_ITEM(formatted, 0));
+        text = PyBytes_AS_STRING(PyTuple_GET_ITEM(formatted, 1));
+    }
+    PyErr_Clear();
+    pc_fail(err, step, errnum < 0 ? 0 : errnum, text);
+    Py_XDECREF(formatted);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(traceback);
+}
+
+static int run_python_hook(void *context, enum pc_hook hook, struct pc_error *err)
+{
+    struct python_hooks *hooks = context;
+    PyObject *result;
+
+    PyEval_RestoreThread(hooks->thread_state);
+    result = PyObject_CallNoArgs(hooks->callables[hook]);
+    if (result == NULL)
+        record_exception(hooks, hook, err);
+    Py_XDECREF(result);
+    hooks->thread_state = PyEval_SaveThread();
+    return result == NULL ? -1 : 0;
+}
+
+/* The fork path (pycontain.h): fork with CPython's own at-fork handling,
+ * then wait with the GIL released. */
+static int spawn_forked(const struct pc_spawn_request *request, struct python_hooks *hooks,
+                        int timeout_ms, struct pc_process *process, struct pc_error *err)
+{
+    struct pc_fork_state state;
+    pid_t helper;
+    int rc, fork_errno;
+
+    if (pc_fork_prepare(request, &state, err) < 0)
+        return -1;
+    PyOS_BeforeFork();
+    helper = fork();
+    if (helper == 0) {
+        PyOS_AfterFork_Child();
+        hooks->thread_state = PyEval_SaveThread();
+        pc_fork_helper(&state);
+    }
+    fork_errno = errno;
+    PyOS_AfterFork_Parent();
+    if (helper < 0) {
+        pc_fork_abandon(&state);
+        return pc_fail(err, PC_STEP_CLONE, fork_errno, "fork");
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = pc_fork_collect(&state, helper, timeout_ms, process, err);
+    Py_END_ALLOW_THREADS
+    return rc;
+}
+
 PyDoc_STRVAR(spawn_doc,
              "spawn(*, argv, envp, exec_paths, cwd, layer_paths, layer_fds, upper_path,\n"
              "      upper_fd, work_path, work_fd, scratch_dir, namespaces, stdio, pass_fds,\n"
              "      hostname, rlimits, groups, gid, uid, umask, force_legacy_clone=False,\n"
-             "      trace=None) -> (pid, pidfd)\n\n"
+             "      trace=None, pre_pivot=None, pre_exec=None, format_exception=None,\n"
+             "      timeout_ms=-1) -> (pid, pidfd)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
              "None or a list of gids. Raises StepError(step, errno, detail) on failure.\n"
              "trace: a writable buffer of STEP_COUNT native unsigned long longs that\n"
-             "receives when each step ended (CLOCK_MONOTONIC ns), for benchmarks.");
+             "receives when each step ended (CLOCK_MONOTONIC ns), for benchmarks.\n"
+             "With pre_pivot/pre_exec (callables) or timeout_ms >= 0 the fork path is\n"
+             "used; format_exception(exc) -> (errno, bytes) formats a hook's exception.");
 
 static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -129,9 +217,13 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "upper_path", "upper_fd", "work_path", "work_fd", "scratch_dir",
                                "namespaces", "stdio", "pass_fds", "hostname", "rlimits",
                                "groups", "gid", "uid", "umask", "force_legacy_clone", "trace",
-                               NULL};
+                               "pre_pivot", "pre_exec", "format_exception", "timeout_ms", NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *rlimit_list;
     PyObject *group_list, *result = NULL, *trace = Py_None;
+    PyObject *pre_pivot = Py_None, *pre_exec = Py_None, *format_exception = Py_None;
+    struct python_hooks python_hooks = {0};
+    struct pc_hooks hooks = {.run = run_python_hook, .context = &python_hooks};
+    int timeout_ms = -1;
     Py_buffer trace_buffer = {0};
     const char *scratch_dir, *upper_path, *work_path, *hostname;
     unsigned long namespaces;
@@ -147,12 +239,13 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 
     (void)module;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pO", keywords, &argv_list, &envp_list,
+            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOi", keywords, &argv_list, &envp_list,
             &exec_list, &cwd, &layer_path_list, convert_int_list, &layer_fds,
             convert_optional_bytes, &upper_path, &upper_fd, convert_optional_bytes, &work_path,
             &work_fd, &scratch_dir, &namespaces, convert_int_list, &stdio, convert_int_list,
             &pass_fds, convert_optional_bytes, &hostname, &rlimit_list, &group_list, &gid, &uid,
-            &umask_value, &force_legacy_clone, &trace))
+            &umask_value, &force_legacy_clone, &trace, &pre_pivot, &pre_exec, &format_exception,
+            &timeout_ms))
         return NULL;
     if (cwd != Py_None && !PyBytes_Check(cwd)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -246,17 +339,36 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     request.umask = umask_value;
     request.force_legacy_clone = force_legacy_clone;
 
+    if (pre_pivot != Py_None || pre_exec != Py_None) {
+        if ((pre_pivot != Py_None && !PyCallable_Check(pre_pivot)) ||
+            (pre_exec != Py_None && !PyCallable_Check(pre_exec)) ||
+            !PyCallable_Check(format_exception)) {
+            PyErr_SetString(PyExc_TypeError, "hooks and format_exception must be callable");
+            goto done;
+        }
+        python_hooks.callables[PC_HOOK_PRE_PIVOT] = pre_pivot == Py_None ? NULL : pre_pivot;
+        python_hooks.callables[PC_HOOK_PRE_EXEC] = pre_exec == Py_None ? NULL : pre_exec;
+        python_hooks.format_exception = format_exception;
+        hooks.points = (pre_pivot != Py_None ? 1U << PC_HOOK_PRE_PIVOT : 0) |
+                       (pre_exec != Py_None ? 1U << PC_HOOK_PRE_EXEC : 0);
+        request.hooks = &hooks;
+    }
+
     /* The argument objects stay referenced by `args`/`kwargs` while the GIL
      * is released, so the borrowed string pointers remain valid. */
-    Py_BEGIN_ALLOW_THREADS
-    rc = pc_spawn(&request, &process, &err);
-    Py_END_ALLOW_THREADS
+    if (request.hooks != NULL || timeout_ms >= 0) {
+        rc = spawn_forked(&request, &python_hooks, timeout_ms, &process, &err);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        rc = pc_spawn(&request, &process, &err);
+        Py_END_ALLOW_THREADS
+    }
 
     if (rc == 0) {
         result = Py_BuildValue("(ii)", (int)process.pid, process.pidfd);
     } else {
-        PyObject *error_args = Py_BuildValue("(siy)", pc_step_name(err.step), (int)err.err,
-                                             err.detail);
+        PyObject *error_args = Py_BuildValue("(siyi)", pc_step_name(err.step), (int)err.err,
+                                             err.detail, (int)err.status);
         if (error_args != NULL) {
             PyErr_SetObject(StepError, error_args);
             Py_DECREF(error_args);

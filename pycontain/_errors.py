@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import subprocess
 
-__all__ = ["SpawnError", "TimeoutExpired", "spawn_error"]
+import signal
+
+__all__ = ["CallbackError", "SpawnError", "TimeoutExpired", "callback_error", "spawn_error"]
 
 
 class SpawnError(OSError):
@@ -36,20 +38,60 @@ class TimeoutExpired(subprocess.TimeoutExpired):
     """A wait timed out; ``except subprocess.TimeoutExpired`` catches it too."""
 
 
-SpawnError.__module__ = TimeoutExpired.__module__ = "pycontain"
+class CallbackError(SpawnError):
+    """A ``pre_pivot`` or ``pre_exec`` callback failed in the container.
 
-_classes: dict[type[OSError], type[SpawnError]] = {OSError: SpawnError}
+    ``hook`` (also ``step``) is ``"pre_pivot"`` or ``"pre_exec"``. If the
+    callback raised, ``exception_type`` names the exception's class and
+    ``child_traceback`` holds the traceback formatted in the child (also in
+    the message). If it ended its process (``os._exit``, a signal),
+    ``exit_status`` is the exit status or ``-N`` for signal N.
+    """
+
+    hook: str
+    exception_type: str | None = None
+    child_traceback: str = ""
+    exit_status: int | None = None
+
+    def __str__(self) -> str:
+        if self.exit_status is None:
+            last = self.child_traceback.rstrip().rsplit("\n", 1)[-1]
+            return f"pycontain: {self.hook} callback raised {last}\n\n{self.child_traceback}"
+        if self.exit_status >= 0:
+            return (
+                f"pycontain: {self.hook} callback ended its process with exit status "
+                f"{self.exit_status} (os._exit?) before the program was executed"
+            )
+        try:
+            name = signal.Signals(-self.exit_status).name
+        except ValueError:
+            name = f"signal {-self.exit_status}"
+        return f"pycontain: {self.hook} callback was killed by {name}"
+
+
+SpawnError.__module__ = TimeoutExpired.__module__ = CallbackError.__module__ = "pycontain"
+
+def _make_classes() -> dict[type[OSError], type[SpawnError]]:
+    # One SpawnError subclass per builtin OSError subclass, made at import
+    # and exported by the package (SpawnFileNotFoundError, ...), so that
+    # instances pickle, e.g. out of a multiprocessing worker.
+    builtins = [OSError, *OSError.__subclasses__(), *ConnectionError.__subclasses__()]
+    classes: dict[type[OSError], type[SpawnError]] = {OSError: SpawnError}
+    for builtin in builtins:
+        if builtin in classes or builtin is ConnectionError or builtin.__module__ != "builtins":
+            continue
+        name = f"Spawn{builtin.__name__}"
+        classes[builtin] = type(name, (SpawnError, builtin), {"__module__": "pycontain"})
+    return classes
+
+
+SPAWN_ERROR_CLASSES = _make_classes()
 
 
 def _class_for(errno: int) -> type[SpawnError]:
     # OSError(errno, ...) picks the builtin subclass (FileNotFoundError for
-    # ENOENT, ...); pair it with SpawnError once and reuse the class.
-    builtin = type(OSError(errno, ""))
-    cls = _classes.get(builtin)
-    if cls is None:
-        cls = type(f"Spawn{builtin.__name__}", (SpawnError, builtin), {"__module__": "pycontain"})
-        _classes[builtin] = cls
-    return cls
+    # ENOENT, ...); its SpawnError twin was made above.
+    return SPAWN_ERROR_CLASSES.get(type(OSError(errno, "")), SpawnError)
 
 
 def spawn_error(
@@ -60,4 +102,17 @@ def spawn_error(
         strerror = os.strerror(errno)
     error = _class_for(errno)(errno, strerror, filename)
     error.step = step
+    return error
+
+
+def callback_error(hook: str, errno: int, traceback_text: str, status: int) -> CallbackError:
+    """The error for a failed callback: raised (traceback) or died (status)."""
+    error = CallbackError(errno or None, "callback failed")
+    error.step = error.hook = hook
+    if traceback_text:
+        error.child_traceback = traceback_text
+        last = traceback_text.rstrip().rsplit("\n", 1)[-1]
+        error.exception_type = last.split(":", 1)[0]
+    else:
+        error.exit_status = status
     return error

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any
 
-from . import _io, _spawn
+from . import _callbacks, _io, _spawn
 from ._errors import TimeoutExpired
 from ._spawn import Env, StrOrBytesPath
 
@@ -82,6 +82,9 @@ class Process:
         gid: int | None = None,
         uid: int | None = None,
         umask: int | None = None,
+        pre_pivot: _callbacks.Callback | None = None,
+        pre_exec: _callbacks.Callback | None = None,
+        timeout: float | None = None,
         _force_legacy_clone: bool = False,
     ) -> None:
         self.args = args
@@ -110,6 +113,9 @@ class Process:
             hostname=hostname, rlimits=rlimits, groups=groups, gid=gid, uid=uid, umask=umask
         )
         passed = _pass_fds(pass_fds)
+        _callbacks.check(pre_pivot, pre_exec)
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout!r}")
         prepared = _spawn.prepare(
             args,
             layers=layers,
@@ -128,7 +134,13 @@ class Process:
             raise
         prepared.stdio = (streams.child[0], streams.child[1], streams.child[2])
         try:
-            self.pid, self._pidfd = _spawn.spawn(prepared, force_legacy_clone=_force_legacy_clone)
+            self.pid, self._pidfd = _spawn.spawn(
+                prepared,
+                force_legacy_clone=_force_legacy_clone,
+                hooks=_callbacks.spawn_arguments(pre_pivot, pre_exec),
+                timeout=timeout,
+                args=args,
+            )
         except BaseException:
             prepared.release()
             streams.close_all()

@@ -8,6 +8,7 @@ gets only bytes and open fds (see docs/spawn.md).
 from __future__ import annotations
 
 import errno
+import math
 import os
 import resource
 import shutil
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from . import _core
-from ._errors import SpawnError, spawn_error
+from ._errors import SpawnError, TimeoutExpired, callback_error, spawn_error
 
 StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 Env = Mapping[str, str] | Mapping[bytes, bytes]
@@ -323,9 +324,22 @@ def _make_workdir(writedir: bytes) -> bytes:
         raise spawn_error("workdir", error.errno, os.fsdecode(parent)) from None
 
 
-def spawn(prepared: Prepared, *, force_legacy_clone: bool = False) -> tuple[int, int]:
-    """Start the container; returns (pid, pidfd) or raises SpawnError."""
+def spawn(
+    prepared: Prepared,
+    *,
+    force_legacy_clone: bool = False,
+    hooks: Mapping[str, object] | None = None,
+    timeout: float | None = None,
+    args: object = None,
+) -> tuple[int, int]:
+    """Start the container; returns (pid, pidfd) or raises SpawnError.
+
+    ``hooks`` (from _callbacks.spawn_arguments) or a ``timeout`` take the
+    fork path; a spawn that outlives ``timeout`` is killed and raises
+    TimeoutExpired.
+    """
     settings = prepared.settings
+    timeout_ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
     try:
         return _core.spawn(
             argv=prepared.argv,
@@ -349,9 +363,15 @@ def spawn(prepared: Prepared, *, force_legacy_clone: bool = False) -> tuple[int,
             uid=settings.uid,
             umask=settings.umask,
             force_legacy_clone=force_legacy_clone,
+            timeout_ms=timeout_ms,
+            **(hooks or {}),
         )
     except _core.StepError as failure:
-        step, err, detail = failure.args
+        step, err, detail, status = failure.args
+        if step == "timeout":
+            raise TimeoutExpired(args, timeout) from None  # type: ignore[arg-type]
+        if step in ("pre_pivot", "pre_exec"):
+            raise callback_error(step, err, os.fsdecode(detail), status) from None
         raise _translate(prepared, step, err, detail) from None
 
 
