@@ -5,14 +5,24 @@
 """
 
 from . import _errors
+from ._asyncio import AsyncProcess, create_subprocess_exec
 from ._errors import CallbackError, SpawnError, TimeoutExpired
 from ._io import DEVNULL, PIPE, STDOUT
 from ._process import Process
 from ._run import run
 
 __all__ = [
+    "DEVNULL",
+    "PIPE",
+    "STDOUT",
+    "AsyncProcess",
     "CallbackError",
-    "DEVNULL", "PIPE", "STDOUT", "Process", "SpawnError", "TimeoutExpired", "run"]
+    "Process",
+    "SpawnError",
+    "TimeoutExpired",
+    "create_subprocess_exec",
+    "run",
+]
 __version__ = "0.1.0"
 
 # SpawnFileNotFoundError, SpawnPermissionError, ...: the classes of the

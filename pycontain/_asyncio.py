@@ -1,0 +1,175 @@
+"""asyncio: containers driven by the running event loop.
+
+``await pycontain.create_subprocess_exec(...)`` mirrors
+``asyncio.create_subprocess_exec`` and gives an object shaped like
+``asyncio.subprocess.Process``. Its exit is watched through the pidfd with
+``loop.add_reader`` and its pipes are the loop's pipe transports: no thread
+per process, no child watcher, no SIGCHLD handler. It works in any running
+loop, a Jupyter kernel's included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+from ._io import Stream
+from ._process import Process
+from ._spawn import StrOrBytesPath
+
+__all__ = ["AsyncProcess", "create_subprocess_exec"]
+
+
+class AsyncProcess:
+    """A running container, as ``asyncio.subprocess.Process``."""
+
+    def __init__(
+        self,
+        process: Process,
+        loop: asyncio.AbstractEventLoop,
+        stdin: asyncio.StreamWriter | None,
+        stdout: asyncio.StreamReader | None,
+        stderr: asyncio.StreamReader | None,
+    ) -> None:
+        self._process = process
+        self._loop = loop
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self._exited: asyncio.Future[int] | None = None
+        self._watched_fd = -1
+
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    def __repr__(self) -> str:
+        return f"<pycontain.AsyncProcess {self._process!r}>"
+
+    # -- waiting ---------------------------------------------------------
+
+    def _watch(self) -> asyncio.Future[int]:
+        if self._exited is None:
+            self._exited = self._loop.create_future()
+            # Hold the pidfd open (Process closes it only when no one uses
+            # it) for as long as the loop watches it.
+            fd = self._process._use_pidfd()
+            if fd < 0:
+                assert self._process.returncode is not None
+                self._exited.set_result(self._process.returncode)
+            else:
+                self._watched_fd = fd
+                self._loop.add_reader(fd, self._on_pidfd_readable)
+        return self._exited
+
+    def _on_pidfd_readable(self) -> None:
+        code = self._process.poll()
+        if code is None:
+            return
+        self._loop.remove_reader(self._watched_fd)
+        self._watched_fd = -1
+        self._process._release_pidfd()
+        assert self._exited is not None
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    async def wait(self) -> int:
+        """Wait for the program to end; returns its exit code."""
+        return await asyncio.shield(self._watch())
+
+    # -- signals ---------------------------------------------------------
+
+    def send_signal(self, sig: int) -> None:
+        self._process.send_signal(sig)
+
+    def terminate(self) -> None:
+        self._process.terminate()
+
+    def kill(self) -> None:
+        self._process.kill()
+
+    # -- communicating -------------------------------------------------
+
+    async def _feed_stdin(self, input: bytes | None) -> None:
+        assert self.stdin is not None
+        try:
+            if input:
+                self.stdin.write(input)
+                await self.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the program exited or closed its stdin: as asyncio does
+        self.stdin.close()
+
+    async def _nothing(self) -> None:
+        return None
+
+    async def _read(self, stream: asyncio.StreamReader | None) -> bytes | None:
+        if stream is None:
+            return None
+        return await stream.read()
+
+    async def communicate(self, input: bytes | None = None) -> tuple[bytes | None, bytes | None]:
+        """Send ``input``, read stdout and stderr to EOF, wait for the exit."""
+        feeding = self._feed_stdin(input) if self.stdin is not None else self._nothing()
+        _, stdout, stderr = await asyncio.gather(
+            feeding, self._read(self.stdout), self._read(self.stderr)
+        )
+        await self.wait()
+        return stdout, stderr
+
+
+async def create_subprocess_exec(
+    program: StrOrBytesPath,
+    *args: StrOrBytesPath,
+    layers: Iterable[StrOrBytesPath],
+    stdin: Stream = None,
+    stdout: Stream = None,
+    stderr: Stream = None,
+    limit: int = 2**16,
+    **kwargs: Any,
+) -> AsyncProcess:
+    """Start ``program`` with ``args`` in a container, from a running loop.
+
+    Keywords are those of :class:`pycontain.Process`; as with asyncio,
+    streams are bytes only (no ``text``/``encoding``/``errors``). The spawn
+    itself (about as long as a fork) runs in the loop's thread.
+    """
+    for key in ("text", "universal_newlines", "encoding", "errors"):
+        if kwargs.get(key):
+            raise ValueError(f"{key} is not supported: asyncio streams carry bytes")
+    if kwargs.get("bufsize", 0) != 0:
+        raise ValueError("bufsize must be 0")
+    kwargs.pop("bufsize", None)
+    loop = asyncio.get_running_loop()
+    process = Process(
+        [program, *args], layers=layers, stdin=stdin, stdout=stdout, stderr=stderr,
+        bufsize=0, **kwargs,
+    )
+    try:
+        writer = reader_out = reader_err = None
+        if process.stdin is not None:
+            transport, protocol = await loop.connect_write_pipe(
+                lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), loop=loop),
+                process.stdin,
+            )
+            writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        if process.stdout is not None:
+            reader_out = await _reader(loop, process.stdout, limit)
+        if process.stderr is not None:
+            reader_err = await _reader(loop, process.stderr, limit)
+    except BaseException:
+        process.close()
+        raise
+    return AsyncProcess(process, loop, writer, reader_out, reader_err)
+
+
+async def _reader(loop: asyncio.AbstractEventLoop, pipe: Any, limit: int) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
+    return reader
