@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -110,6 +111,8 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
 
     pc_trace(request, PC_STEP_NONE);
     STEP(PC_STEP_SIGNALS, reset_signal_handlers(err));
+    if (args->netns_fd >= 0 && setns(args->netns_fd, CLONE_NEWNET) < 0)
+        return pc_fail(err, PC_STEP_JOIN_NETNS, errno, NULL);
     STEP(PC_STEP_MAKE_PRIVATE, pc_rootfs_make_private(err));
     STEP(PC_STEP_OPEN_LAYER, pc_rootfs_open_layers(request, err));
     STEP(PC_STEP_MOUNT_OVERLAY, pc_rootfs_mount_overlay(request, args->overlay_options, err));

@@ -8,6 +8,7 @@ static const char *const step_names[PC_STEP_COUNT] = {
     [PC_STEP_PREPARE] = "prepare",
     [PC_STEP_CLONE] = "clone",
     [PC_STEP_SIGNALS] = "reset-signals",
+    [PC_STEP_JOIN_NETNS] = "join-netns",
     [PC_STEP_MAKE_PRIVATE] = "make-private",
     [PC_STEP_OPEN_LAYER] = "open-layer",
     [PC_STEP_MOUNT_SCRATCH] = "mount-scratch",

@@ -23,6 +23,7 @@ enum pc_step {
     PC_STEP_CLONE,        /* clone3 / clone with the namespace flags */
     /* child side, see child.c */
     PC_STEP_SIGNALS,      /* resetting signal dispositions */
+    PC_STEP_JOIN_NETNS,   /* setns into a pooled network namespace */
     PC_STEP_MAKE_PRIVATE, /* mount --make-rprivate / */
     PC_STEP_OPEN_LAYER,   /* reopening layers in the child's namespace */
     PC_STEP_MOUNT_SCRATCH,

@@ -60,6 +60,7 @@ void pc_fork_helper(struct pc_fork_state *state)
         .overlay_options = state->overlay_options,
         .parent_mask = state->caller_mask,
         .error_fd = state->pipe_fds[1],
+        .netns_fd = -1,
     };
     struct pc_message message = {.kind = PC_MESSAGE_ERROR};
     pid_t pid;

@@ -4,6 +4,7 @@
  *   spawn.c    parent side: prepares, clones, collects the child's verdict
  *   forkspawn.c the fork path, for requests with hooks (caller code)
  *   messages.c the error pipe's messages
+ *   netns_pool.c fresh network namespaces made ahead of time
  *   clone.c    clone3 with a pidfd and a separate stack, clone(2) fallback
  *   child.c    the child's setup sequence, top to bottom, then exec
  *   rootfs.c   child side: overlay, /proc, /sys, /dev, pivot_root
@@ -51,7 +52,12 @@ struct pc_child_args {
     const char *overlay_options;
     sigset_t parent_mask; /* the caller's signal mask, restored before exec */
     int error_fd;         /* write end of the close-on-exec error pipe */
+    int netns_fd;         /* a pooled network namespace to join, or -1 */
 };
+
+/* netns_pool.c: a fresh network namespace's fd (close-on-exec), or -1 when
+ * the pool is off or empty. */
+int pc_netns_pool_take(void);
 
 /* Record when `step` ended in request->trace_ns, if tracing. The vDSO
  * clock_gettime is async-signal-safe. */

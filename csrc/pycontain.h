@@ -125,6 +125,15 @@ struct pc_process {
 int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
              struct pc_error *err);
 
+/* The network namespace pool (netns_pool.c): keep `size` fresh network
+ * namespaces ready (0: off, the default), made by a background thread, so
+ * that pc_spawn need not create one while the caller waits. Each is used
+ * once. Not thread-safe against itself: configure from one thread. */
+int pc_netns_pool_configure(unsigned int size, struct pc_error *err);
+/* The configured size and how many are ready; returns the errno that
+ * stopped the pool's thread, or 0. */
+int pc_netns_pool_status(unsigned int *size, unsigned int *ready);
+
 /* The fork path, for requests with hooks. A CLONE_VM child must not run
  * arbitrary code (it shares the parent's memory, and locks other threads
  * held stay held), so hooks run in a child made by the caller's own fork(),

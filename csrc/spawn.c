@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -105,7 +106,9 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
              struct pc_error *err)
 {
     char options[PC_OVERLAY_OPTIONS_MAX];
-    struct pc_child_args child_args = {.request = request, .overlay_options = options};
+    struct pc_child_args child_args = {
+        .request = request, .overlay_options = options, .netns_fd = -1};
+    unsigned long namespaces = request->namespaces;
     sigset_t all_signals;
     int pipe_fds[2], pidfd = -1, clone_errno, stack_cached, failed, read_errno, unused_hook;
     pid_t pid, unused_pid;
@@ -127,13 +130,21 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
         return pc_fail(err, PC_STEP_PREPARE, errno, "child stack");
     }
 
+    /* A network namespace made ahead of time, if the pool has one: the
+     * child joins it instead of the kernel making one during clone. */
+    if (namespaces & CLONE_NEWNET) {
+        child_args.netns_fd = pc_netns_pool_take();
+        if (child_args.netns_fd >= 0)
+            namespaces &= ~(unsigned long)CLONE_NEWNET;
+    }
+
     /* No signal handler may run in the child on the parent's memory: block
      * everything across clone; the child resets its handlers, then restores
      * this thread's mask before exec. */
     sigfillset(&all_signals);
     pthread_sigmask(SIG_SETMASK, &all_signals, &child_args.parent_mask);
     pc_trace(request, PC_STEP_PREPARE);
-    pid = pc_clone(request->namespaces, pc_child_main, &child_args, stack,
+    pid = pc_clone(namespaces, pc_child_main, &child_args, stack,
                    CHILD_STACK_SIZE, &pidfd, request->force_legacy_clone);
     clone_errno = errno;
     pc_trace(request, PC_STEP_CLONE);
@@ -142,6 +153,8 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
     if (!stack_cached)
         munmap(stack - sysconf(_SC_PAGESIZE), (size_t)sysconf(_SC_PAGESIZE) + CHILD_STACK_SIZE);
     close(pipe_fds[1]);
+    if (child_args.netns_fd >= 0)
+        close(child_args.netns_fd);
     if (pid < 0) {
         close(pipe_fds[0]);
         return pc_fail(err, PC_STEP_CLONE, clone_errno, NULL);

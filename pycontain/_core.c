@@ -406,7 +406,27 @@ static PyObject *core_step_names(PyObject *module, PyObject *unused)
     return names;
 }
 
+static PyObject *core_netns_pool(PyObject *module, PyObject *args)
+{
+    int size = -1;
+    unsigned int configured, ready;
+    struct pc_error err;
+    int stopped;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "|i", &size))
+        return NULL;
+    if (size >= 0 && pc_netns_pool_configure((unsigned int)size, &err) < 0) {
+        errno = err.err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    stopped = pc_netns_pool_status(&configured, &ready);
+    return Py_BuildValue("(IIi)", configured, ready, stopped);
+}
+
 static PyMethodDef core_methods[] = {
+    {"netns_pool", core_netns_pool, METH_VARARGS,
+     "netns_pool([size]) -> (size, ready, errno): configure (size >= 0) and report the pool"},
     {"step_names", core_step_names, METH_NOARGS, "step_names() -> tuple of every step's name"},
     {"spawn", (PyCFunction)(void (*)(void))core_spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
     {NULL, NULL, 0, NULL},
