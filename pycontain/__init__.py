@@ -1,7 +1,7 @@
 """pycontain: run a program in a lightweight Linux container, in one call.
 
-    with pycontain.Process(["/bin/sh", "-c", "echo $$"], layers=["/srv/rootfs"]) as p:
-        assert p.wait() == 0
+with pycontain.Process(["/bin/sh", "-c", "echo $$"], layers=["/srv/rootfs"]) as p:
+    assert p.wait() == 0
 """
 
 from . import _errors

@@ -1,7 +1,7 @@
 """python -m pycontain: run a command in a container, or a demo without one.
 
-    python -m pycontain                                  # the demo, over the host's /
-    python -m pycontain --layer /srv/rootfs -- sh -c 'echo $$'
+python -m pycontain                                  # the demo, over the host's /
+python -m pycontain --layer /srv/rootfs -- sh -c 'echo $$'
 """
 
 from __future__ import annotations

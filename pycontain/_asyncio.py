@@ -148,8 +148,13 @@ async def create_subprocess_exec(
     kwargs.pop("bufsize", None)
     loop = asyncio.get_running_loop()
     process = Process(
-        [program, *args], layers=layers, stdin=stdin, stdout=stdout, stderr=stderr,
-        bufsize=0, **kwargs,
+        [program, *args],
+        layers=layers,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        bufsize=0,
+        **kwargs,
     )
     try:
         writer = reader_out = reader_err = None

@@ -12,8 +12,7 @@ import os
 import traceback
 import warnings
 from collections.abc import Callable
-
-from . import _core
+from typing import Any
 
 # What of a child's traceback reaches the parent: the pipe carries one
 # fixed-size record, so the middle of a very long traceback is cut.
@@ -66,12 +65,7 @@ def format_exception(exc: BaseException | None) -> tuple[int, bytes]:
     return number, data
 
 
-def spawn_arguments(
-    pre_pivot: Callback | None, pre_exec: Callback | None
-) -> dict[str, object]:
+def spawn_arguments(pre_pivot: Callback | None, pre_exec: Callback | None) -> dict[str, Any]:
     if pre_pivot is None and pre_exec is None:
         return {}
     return {"pre_pivot": pre_pivot, "pre_exec": pre_exec, "format_exception": format_exception}
-
-
-assert _core.STEP_COUNT > 0  # the trampoline lives in _core

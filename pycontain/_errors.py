@@ -11,9 +11,8 @@ detail) and is raised as a :class:`SpawnError` that is also the builtin
 from __future__ import annotations
 
 import os
-import subprocess
-
 import signal
+import subprocess
 
 __all__ = ["CallbackError", "SpawnError", "TimeoutExpired", "callback_error", "spawn_error"]
 
@@ -71,11 +70,16 @@ class CallbackError(SpawnError):
 
 SpawnError.__module__ = TimeoutExpired.__module__ = CallbackError.__module__ = "pycontain"
 
+
 def _make_classes() -> dict[type[OSError], type[SpawnError]]:
     # One SpawnError subclass per builtin OSError subclass, made at import
     # and exported by the package (SpawnFileNotFoundError, ...), so that
     # instances pickle, e.g. out of a multiprocessing worker.
-    builtins = [OSError, *OSError.__subclasses__(), *ConnectionError.__subclasses__()]
+    builtins: list[type[OSError]] = [
+        OSError,
+        *OSError.__subclasses__(),
+        *ConnectionError.__subclasses__(),
+    ]
     classes: dict[type[OSError], type[SpawnError]] = {OSError: SpawnError}
     for builtin in builtins:
         if builtin in classes or builtin is ConnectionError or builtin.__module__ != "builtins":

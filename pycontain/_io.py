@@ -73,7 +73,9 @@ def open_streams(stdin: Stream, stdout: Stream, stderr: Stream) -> Streams:
                 continue
             if value == PIPE and not isinstance(value, bool):
                 read_end, write_end = os.pipe()
-                child_end, parent_end = (read_end, write_end) if index == 0 else (write_end, read_end)
+                child_end, parent_end = (
+                    (read_end, write_end) if index == 0 else (write_end, read_end)
+                )
                 streams.child[index], streams.parent[index] = child_end, parent_end
                 streams.child_only.append(child_end)
             elif value == DEVNULL and not isinstance(value, bool):
@@ -99,7 +101,7 @@ def wrap(
 ) -> IO[Any]:
     """The file object for our end of a pipe, as Popen makes it."""
     mode = "wb" if index == 0 else "rb"
-    raw: IO[Any] = io.open(fd, mode, bufsize)  # noqa: SIM115 - owned by the Process
+    raw: IO[Any] = open(fd, mode, bufsize)  # noqa: SIM115 - owned by the Process
     if not text:
         return raw
     if index == 0:

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 from . import _core
 from ._errors import SpawnError, TimeoutExpired, callback_error, spawn_error
@@ -68,7 +68,7 @@ def open_directory(path: bytes, role: str) -> int:
     try:
         return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as error:
-        raise spawn_error(role, error.errno, os.fsdecode(path)) from None
+        raise spawn_error(role, error.errno or 0, os.fsdecode(path)) from None
 
 
 def _inside(path: bytes, other: bytes) -> bool:
@@ -226,8 +226,10 @@ def _exec_paths(executable: bytes, env: Env) -> list[bytes]:
     """Where to look for the program inside the container, as execvpe does."""
     if b"/" in executable:
         return [executable]
+    # os.get_exec_path reads PATH from a str or a bytes environment alike.
+    path_env: Any = env
     return [
-        os.path.join(os.fsencode(directory), executable) for directory in os.get_exec_path(env)
+        os.path.join(os.fsencode(directory), executable) for directory in os.get_exec_path(path_env)
     ]
 
 
@@ -318,17 +320,20 @@ def _make_workdir(writedir: bytes) -> bytes:
         )
     parent, name = os.path.split(real)
     try:
-        return os.fsencode(tempfile.mkdtemp(prefix=f".{os.fsdecode(name)}.pycontain-work-",
-                                            dir=os.fsdecode(parent)))
+        return os.fsencode(
+            tempfile.mkdtemp(
+                prefix=f".{os.fsdecode(name)}.pycontain-work-", dir=os.fsdecode(parent)
+            )
+        )
     except OSError as error:
-        raise spawn_error("workdir", error.errno, os.fsdecode(parent)) from None
+        raise spawn_error("workdir", error.errno or 0, os.fsdecode(parent)) from None
 
 
 def spawn(
     prepared: Prepared,
     *,
     force_legacy_clone: bool = False,
-    hooks: Mapping[str, object] | None = None,
+    hooks: Mapping[str, Any] | None = None,
     timeout: float | None = None,
     args: object = None,
 ) -> tuple[int, int]:
@@ -348,7 +353,9 @@ def spawn(
             cwd=prepared.cwd,
             layer_paths=[os.path.abspath(layer) for layer in prepared.layers],
             layer_fds=prepared.layer_fds,
-            upper_path=None if prepared.upper_path is None else os.path.abspath(prepared.upper_path),
+            upper_path=None
+            if prepared.upper_path is None
+            else os.path.abspath(prepared.upper_path),
             upper_fd=prepared.upper_fd,
             work_path=prepared.work_path,
             work_fd=prepared.work_fd,

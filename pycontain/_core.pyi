@@ -1,0 +1,46 @@
+"""Types of the C extension pycontain._core (see pycontain/_core.c)."""
+
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_NAMESPACES: int
+STEP_COUNT: int
+CLONE_NEWNS: int
+CLONE_NEWPID: int
+CLONE_NEWNET: int
+CLONE_NEWUTS: int
+CLONE_NEWIPC: int
+
+class StepError(Exception):
+    """args: (step: str, errno: int, detail: bytes, status: int)"""
+
+def spawn(
+    argv: list[bytes],
+    envp: list[bytes],
+    exec_paths: list[bytes],
+    cwd: bytes | None,
+    layer_paths: list[bytes],
+    layer_fds: list[int],
+    upper_path: bytes | None,
+    upper_fd: int,
+    work_path: bytes | None,
+    work_fd: int,
+    scratch_dir: bytes,
+    namespaces: int,
+    stdio: list[int],
+    pass_fds: list[int],
+    hostname: bytes | None,
+    rlimits: list[tuple[int, int, int]],
+    groups: list[int] | None,
+    gid: int,
+    uid: int,
+    umask: int,
+    force_legacy_clone: bool = ...,
+    trace: Any = ...,
+    pre_pivot: Callable[[], object] | None = ...,
+    pre_exec: Callable[[], object] | None = ...,
+    format_exception: Callable[[BaseException | None], tuple[int, bytes]] | None = ...,
+    timeout_ms: int = ...,
+) -> tuple[int, int]: ...
+def step_names() -> tuple[str, ...]: ...
+def netns_pool(size: int = ..., /) -> tuple[int, int, int]: ...
