@@ -1,0 +1,75 @@
+"""Fixtures for pycontain's tests: a busybox root filesystem and the host's "/".
+
+Every test here runs real containers on the real kernel: it needs root
+(namespaces, mounts), overlayfs, and a static busybox for the small rootfs.
+Without them the tests that need them are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+BUSYBOX = "/bin/busybox"
+
+
+def _container_skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "pycontain needs root (CAP_SYS_ADMIN) to create namespaces and mounts"
+    try:
+        with open("/proc/filesystems") as f:
+            filesystems = f.read().split()
+    except OSError:
+        return "cannot read /proc/filesystems"
+    if "overlay" not in filesystems:
+        return "overlayfs is not available (no 'overlay' in /proc/filesystems; modprobe overlay?)"
+    return None
+
+
+def _require_containers() -> None:
+    reason = _container_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A minimal root filesystem: /bin/busybox and a symlink per applet, nothing else.
+
+    Note it has no /proc, /sys, /dev, /tmp: pycontain must create the mount
+    points itself. Shared by the whole session: tests must never write to it
+    (pycontain only ever mounts it read-only as a lower layer).
+    """
+    _require_containers()
+    if not (os.path.isfile(BUSYBOX) and os.access(BUSYBOX, os.X_OK)):
+        pytest.skip(f"{BUSYBOX} is missing (apt-get install busybox-static)")
+    applets = subprocess.run(
+        [BUSYBOX, "--list"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    if "sh" not in applets:
+        pytest.skip(f"{BUSYBOX} has no 'sh' applet")
+    root = tmp_path_factory.mktemp("rootfs")
+    os.chmod(root, 0o755)
+    bindir = root / "bin"
+    bindir.mkdir(mode=0o755)
+    shutil.copy2(BUSYBOX, bindir / "busybox")
+    for applet in applets:
+        if applet != "busybox" and "/" not in applet:
+            os.symlink("busybox", bindir / applet)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def host_root() -> str:
+    """The host's "/" as a (read-only) layer: runs the host's own binaries."""
+    _require_containers()
+    return "/"
+
+
+@pytest.fixture(params=[False, True], ids=["clone3", "legacy-clone"])
+def legacy(request: pytest.FixtureRequest) -> bool:
+    """Run a test with both the clone3 path and the clone(2) fallback."""
+    return request.param
