@@ -115,7 +115,7 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
         return pc_fail(err, PC_STEP_JOIN_NETNS, errno, NULL);
     STEP(PC_STEP_MAKE_PRIVATE, pc_rootfs_make_private(err));
     STEP(PC_STEP_OPEN_LAYER, pc_rootfs_open_layers(request, err));
-    STEP(PC_STEP_MOUNT_OVERLAY, pc_rootfs_mount_overlay(request, args->overlay_options, err));
+    STEP(PC_STEP_MOUNT_OVERLAY, pc_rootfs_mount_overlay(request, args->overlay, err));
     STEP(PC_STEP_MOUNT_SYS, pc_rootfs_mount_proc_sys(err));
     STEP(PC_STEP_MOUNT_DEV, pc_rootfs_mount_dev(err));
     STEP(PC_STEP_PRE_PIVOT, run_hook(args, PC_HOOK_PRE_PIVOT, err));

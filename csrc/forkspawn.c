@@ -19,9 +19,6 @@
 
 #include "internal.h"
 
-_Static_assert(sizeof(((struct pc_fork_state *)0)->overlay_options) == PC_OVERLAY_OPTIONS_MAX,
-               "pc_fork_state must hold any overlay options");
-
 #ifndef P_PIDFD
 #define P_PIDFD 3
 #endif
@@ -32,12 +29,14 @@ int pc_fork_prepare(const struct pc_spawn_request *request, struct pc_fork_state
     sigset_t all_signals;
 
     state->request = request;
-    if (pc_overlay_options(request, state->overlay_options, sizeof state->overlay_options, err) < 0)
-        return -1;
     if (request->exec_paths == NULL || request->exec_paths[0] == NULL)
         return pc_fail(err, PC_STEP_PREPARE, EINVAL, "no program to exec");
-    if (pc_open_error_pipe(state->pipe_fds, err) < 0)
+    if (pc_overlay_prepare(request, &state->overlay, err) < 0)
         return -1;
+    if (pc_open_error_pipe(state->pipe_fds, err) < 0) {
+        pc_overlay_release(&state->overlay);
+        return -1;
+    }
     /* Until the container's process has reset its handlers, no signal
      * handler of the caller may run in the helper or in it. */
     sigfillset(&all_signals);
@@ -50,6 +49,7 @@ void pc_fork_abandon(struct pc_fork_state *state)
     pthread_sigmask(SIG_SETMASK, &state->caller_mask, NULL);
     close(state->pipe_fds[0]);
     close(state->pipe_fds[1]);
+    pc_overlay_release(&state->overlay);
 }
 
 void pc_fork_helper(struct pc_fork_state *state)
@@ -57,7 +57,7 @@ void pc_fork_helper(struct pc_fork_state *state)
     const struct pc_spawn_request *request = state->request;
     struct pc_child_args args = {
         .request = request,
-        .overlay_options = state->overlay_options,
+        .overlay = &state->overlay,
         .parent_mask = state->caller_mask,
         .error_fd = state->pipe_fds[1],
         .netns_fd = -1,
@@ -105,6 +105,7 @@ int pc_fork_collect(struct pc_fork_state *state, pid_t helper, int timeout_ms,
 
     pthread_sigmask(SIG_SETMASK, &state->caller_mask, NULL);
     close(state->pipe_fds[1]);
+    pc_overlay_release(&state->overlay);
     /* EOF comes when the helper has exited and the container's process has
      * exec'd or died; a read of nothing before then just waits. */
     outcome = pc_read_messages(state->pipe_fds[0], timeout_ms < 0 ? -1 : timeout_ms == 0 ? 1 : timeout_ms,

@@ -22,9 +22,6 @@
 
 #include "pycontain.h"
 
-/* The mount data of mount(2) is one page; the kernel cuts the rest. */
-#define PC_OVERLAY_OPTIONS_MAX 4096
-
 /* What travels on the error pipe: one message per write(2), each smaller
  * than PIPE_BUF. pc_spawn's child only ever sends one ERROR; on the fork
  * path the helper sends PID first, and the container's process brackets
@@ -49,7 +46,7 @@ void pc_send(int fd, enum pc_message_kind kind, int value);
 /* Everything the child reads: prepared by the parent before clone. */
 struct pc_child_args {
     const struct pc_spawn_request *request;
-    const char *overlay_options;
+    const struct pc_overlay *overlay;
     sigset_t parent_mask; /* the caller's signal mask, restored before exec */
     int error_fd;         /* write end of the close-on-exec error pipe */
     int netns_fd;         /* a pooled network namespace to join, or -1 */
@@ -70,9 +67,11 @@ static inline void pc_trace(const struct pc_spawn_request *request, enum pc_step
                                   (unsigned long long)now.tv_nsec;
 }
 
-/* overlay.c (parent side) */
-int pc_overlay_options(const struct pc_spawn_request *request, char *buf, size_t size,
+/* overlay.c (parent side): reserve the scratch fd and build the mount's
+ * options and target; release closes the fd. */
+int pc_overlay_prepare(const struct pc_spawn_request *request, struct pc_overlay *overlay,
                        struct pc_error *err);
+void pc_overlay_release(struct pc_overlay *overlay);
 
 /* clone.c (parent side): start fn(arg) on `stack` in a new process with
  * CLONE_VM | CLONE_VFORK | CLONE_PIDFD | `namespaces`. Returns the pid, or -1
@@ -103,8 +102,8 @@ int pc_identity_apply(const struct pc_spawn_request *request, struct pc_error *e
 /* rootfs.c (child side, async-signal-safe) */
 int pc_rootfs_make_private(struct pc_error *err);
 int pc_rootfs_open_layers(const struct pc_spawn_request *request, struct pc_error *err);
-int pc_rootfs_mount_overlay(const struct pc_spawn_request *request, const char *options,
-                            struct pc_error *err);
+int pc_rootfs_mount_overlay(const struct pc_spawn_request *request,
+                            const struct pc_overlay *overlay, struct pc_error *err);
 int pc_rootfs_mount_proc_sys(struct pc_error *err);
 int pc_rootfs_mount_dev(struct pc_error *err);
 int pc_rootfs_pivot(struct pc_error *err);

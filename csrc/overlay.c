@@ -1,14 +1,19 @@
-/* Parent side: the overlayfs mount options of a request.
+/* Parent side: the overlayfs mount of a request.
  *
- * Layers are named as /proc/self/fd/N (N an fd the child has reopened on the
- * layer, see rootfs.c) rather than by path. Overlayfs treats ',' ':' and '\' in option
- * values as syntax, and mount(2) only reads one page of options; naming the
- * fds sidesteps both for any path, and the directory mounted is exactly the
- * one the caller opened and checked, even if the path changes meanwhile.
+ * The child mounts with /proc/self/fd as its working directory, and every
+ * directory in the options is named by an fd number relative to it: the
+ * layers (fds the child has reopened on them, see rootfs.c), the writable
+ * layer, and the scratch tmpfs holding the default upper and work
+ * directories and the mount point. So no path needs escaping (overlayfs
+ * treats ',' ':' and '\\' as syntax), and the options stay short enough
+ * for overlayfs' limit of 500 layers within mount(2)'s one page.
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -29,26 +34,44 @@ __attribute__((format(printf, 4, 5))) static int append(char *buf, size_t size, 
     return 0;
 }
 
-int pc_overlay_options(const struct pc_spawn_request *request, char *buf, size_t size,
+int pc_overlay_prepare(const struct pc_spawn_request *request, struct pc_overlay *overlay,
                        struct pc_error *err)
 {
-    size_t used = 0;
+    size_t used = 0, target_used = 0;
     int too_long = 0;
 
     if (request->layer_count == 0)
         return pc_fail(err, PC_STEP_PREPARE, EINVAL, "no layers");
-    buf[0] = '\0';
+    overlay->options[0] = '\0';
     for (size_t i = 0; i < request->layer_count && !too_long; i++)
-        too_long = append(buf, size, &used, i == 0 ? "lowerdir=/proc/self/fd/%d" : ":/proc/self/fd/%d",
-                          request->layer_fds[i]);
-    if (request->upper_fd >= 0) {
-        too_long = too_long || append(buf, size, &used, ",upperdir=/proc/self/fd/%d", request->upper_fd);
-        too_long = too_long || append(buf, size, &used, ",workdir=/proc/self/fd/%d", request->work_fd);
-    } else {
-        /* Relative to the scratch tmpfs, the child's cwd when it mounts. */
-        too_long = too_long || append(buf, size, &used, ",upperdir=upper,workdir=work");
-    }
+        too_long = append(overlay->options, sizeof overlay->options, &used,
+                          i == 0 ? "lowerdir=%d" : ":%d", request->layer_fds[i]);
     if (too_long)
         return pc_fail(err, PC_STEP_PREPARE, E2BIG, "overlay options");
+    /* The child mounts its tmpfs over scratch_dir and puts the tmpfs's root
+     * on this fd number. */
+    overlay->scratch_fd = open(request->scratch_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (overlay->scratch_fd < 0)
+        return pc_fail(err, PC_STEP_PREPARE, errno, request->scratch_dir);
+    if (request->upper_fd >= 0)
+        too_long = append(overlay->options, sizeof overlay->options, &used,
+                          ",upperdir=%d,workdir=%d", request->upper_fd, request->work_fd);
+    else
+        too_long = append(overlay->options, sizeof overlay->options, &used,
+                          ",upperdir=%d/upper,workdir=%d/work", overlay->scratch_fd,
+                          overlay->scratch_fd);
+    too_long = too_long || append(overlay->target, sizeof overlay->target, &target_used,
+                                  "%d/root", overlay->scratch_fd);
+    if (too_long) {
+        pc_overlay_release(overlay);
+        return pc_fail(err, PC_STEP_PREPARE, E2BIG, "overlay options");
+    }
     return 0;
+}
+
+void pc_overlay_release(struct pc_overlay *overlay)
+{
+    if (overlay->scratch_fd >= 0)
+        close(overlay->scratch_fd);
+    overlay->scratch_fd = -1;
 }

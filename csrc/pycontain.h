@@ -150,11 +150,19 @@ int pc_netns_pool_status(unsigned int *size, unsigned int *ready);
  * namespace and the caller's own child; the helper then exits. Collect
  * reaps the helper, waits (up to timeout_ms, -1: forever) for the exec or
  * a failure, and kills everything on timeout (err: PC_STEP_TIMEOUT). */
+/* The overlay mount the parent prepares (overlay.c); part of the fork
+ * state, otherwise internal. */
+struct pc_overlay {
+    int scratch_fd;     /* an fd number reserved for the scratch tmpfs's root */
+    char options[4096]; /* mount(2) reads one page of options */
+    char target[32];    /* the mount point, relative to /proc/self/fd */
+};
+
 struct pc_fork_state {
     const struct pc_spawn_request *request;
     int pipe_fds[2];
     sigset_t caller_mask; /* prepare blocks all signals; collect restores */
-    char overlay_options[4096];
+    struct pc_overlay overlay;
 };
 
 int pc_fork_prepare(const struct pc_spawn_request *request, struct pc_fork_state *state,

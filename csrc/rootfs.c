@@ -6,7 +6,8 @@
  * The layout, all inside the child's own mount namespace (so nothing of it
  * is ever visible on the host, and it all vanishes with the namespace):
  *
- *   <scratch_dir>          tmpfs, private to this namespace
+ *   <scratch_dir>          tmpfs, private to this namespace (its root also on
+ *                          the fd number the parent reserved)
  *     upper/ work/         the overlay's writable layer, unless a writedir
  *     root/                the overlay: layers + writable layer
  *       proc sys dev ...   kernel filesystems, mounted before pivot_root
@@ -76,17 +77,23 @@ int pc_rootfs_open_layers(const struct pc_spawn_request *request, struct pc_erro
     return 0;
 }
 
-int pc_rootfs_mount_overlay(const struct pc_spawn_request *request, const char *options,
-                            struct pc_error *err)
+int pc_rootfs_mount_overlay(const struct pc_spawn_request *request,
+                            const struct pc_overlay *overlay, struct pc_error *err)
 {
     const char *scratch = request->scratch_dir;
+    int scratch_root;
 
     /* A tmpfs private to this namespace holds the overlay's mount point and
      * its throwaway writable layer: nothing is left on disk, and a crash of
      * the caller cannot leave a mount behind. */
     if (mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700") < 0)
         return pc_fail(err, PC_STEP_MOUNT_SCRATCH, errno, scratch);
-    if (chdir(scratch) < 0)
+    /* The options name the tmpfs by the fd number the parent reserved. */
+    scratch_root = open(scratch, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (scratch_root < 0 || dup3(scratch_root, overlay->scratch_fd, O_CLOEXEC) < 0)
+        return pc_fail(err, PC_STEP_MOUNT_SCRATCH, errno, scratch);
+    close(scratch_root);
+    if (fchdir(overlay->scratch_fd) < 0)
         return pc_fail(err, PC_STEP_CHDIR, errno, scratch);
     if (request->upper_fd < 0) {
         /* 0755: this becomes the mode of the container's "/". */
@@ -95,10 +102,13 @@ int pc_rootfs_mount_overlay(const struct pc_spawn_request *request, const char *
     }
     if (make_dir("root", 0755, err) < 0)
         return -1;
-    /* The options name the upper and work directories relative to here. */
-    if (mount("overlay", "root", "overlay", 0, options) < 0)
+    /* Every directory in the options and the target are fd numbers,
+     * relative to here (see overlay.c). */
+    if (chdir("/proc/self/fd") < 0)
+        return pc_fail(err, PC_STEP_CHDIR, errno, "/proc/self/fd");
+    if (mount("overlay", overlay->target, "overlay", 0, overlay->options) < 0)
         return pc_fail(err, PC_STEP_MOUNT_OVERLAY, errno, NULL);
-    if (chdir("root") < 0)
+    if (chdir(overlay->target) < 0)
         return pc_fail(err, PC_STEP_CHDIR, errno, "root");
     return 0;
 }

@@ -105,26 +105,28 @@ int pc_open_error_pipe(int pipe_fds[2], struct pc_error *err)
 int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
              struct pc_error *err)
 {
-    char options[PC_OVERLAY_OPTIONS_MAX];
-    struct pc_child_args child_args = {
-        .request = request, .overlay_options = options, .netns_fd = -1};
+    struct pc_overlay overlay;
+    struct pc_child_args child_args = {.request = request, .overlay = &overlay, .netns_fd = -1};
     unsigned long namespaces = request->namespaces;
     sigset_t all_signals;
     int pipe_fds[2], pidfd = -1, clone_errno, stack_cached, failed, read_errno, unused_hook;
     pid_t pid, unused_pid;
     char *stack;
 
-    if (pc_overlay_options(request, options, sizeof options, err) < 0)
-        return -1;
     if (request->exec_paths == NULL || request->exec_paths[0] == NULL)
         return pc_fail(err, PC_STEP_PREPARE, EINVAL, "no program to exec");
     if (request->hooks != NULL)
         return pc_fail(err, PC_STEP_PREPARE, EINVAL, "hooks need the fork path");
-    if (pc_open_error_pipe(pipe_fds, err) < 0)
+    if (pc_overlay_prepare(request, &overlay, err) < 0)
         return -1;
+    if (pc_open_error_pipe(pipe_fds, err) < 0) {
+        pc_overlay_release(&overlay);
+        return -1;
+    }
     child_args.error_fd = pipe_fds[1];
     stack = child_stack(&stack_cached);
     if (stack == NULL) {
+        pc_overlay_release(&overlay);
         close(pipe_fds[0]);
         close(pipe_fds[1]);
         return pc_fail(err, PC_STEP_PREPARE, errno, "child stack");
@@ -153,6 +155,7 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
     if (!stack_cached)
         munmap(stack - sysconf(_SC_PAGESIZE), (size_t)sysconf(_SC_PAGESIZE) + CHILD_STACK_SIZE);
     close(pipe_fds[1]);
+    pc_overlay_release(&overlay);
     if (child_args.netns_fd >= 0)
         close(child_args.netns_fd);
     if (pid < 0) {

@@ -56,6 +56,7 @@ class Process:
     returncode: int | None = None
     _pidfd: int = -1
     _workdir: bytes | None = None
+    _writedir_key: tuple[int, int] | None = None
 
     def __init__(
         self,
@@ -148,6 +149,7 @@ class Process:
         prepared.close_fds()
         streams.close_child_ends()
         self._workdir = prepared.created_workdir
+        self._writedir_key = prepared.writedir_key
         files = [
             None
             if fd < 0
@@ -234,6 +236,8 @@ class Process:
             self._pidfd = -1
             _spawn.remove_workdir(self._workdir)
             self._workdir = None
+            _spawn.release_writedir(self._writedir_key)
+            self._writedir_key = None
 
     # -- communicating -------------------------------------------------
 

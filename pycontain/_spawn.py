@@ -13,6 +13,7 @@ import os
 import resource
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -25,6 +26,9 @@ Env = Mapping[str, str] | Mapping[bytes, bytes]
 
 # Overlayfs stacks at most this many lower layers (OVL_MAX_STACK).
 MAX_LAYERS = 500
+# Paths in the C core's error records are cut to this many bytes
+# (PC_DETAIL_MAX - 1 in csrc/error.h).
+_DETAIL_CUT = 3979
 
 # Candidates for the directory over which the child mounts its private
 # tmpfs; any existing directory other than /proc works, since layers are
@@ -90,6 +94,7 @@ class Prepared:
     work_path: bytes | None = None
     work_fd: int = -1
     created_workdir: bytes | None = None
+    writedir_key: tuple[int, int] | None = None
     settings: Settings = field(default_factory=lambda: Settings())
     # fds for 0, 1, 2 (-1: inherit) and further fds to pass; not owned here.
     stdio: tuple[int, int, int] = (-1, -1, -1)
@@ -102,10 +107,12 @@ class Prepared:
         self.layer_fds, self.upper_fd, self.work_fd = [], -1, -1
 
     def release(self) -> None:
-        """Undo everything prepare() made: fds and a workdir it created."""
+        """Undo everything prepare() made: fds, a workdir it created, the claim."""
         self.close_fds()
         remove_workdir(self.created_workdir)
         self.created_workdir = None
+        release_writedir(self.writedir_key)
+        self.writedir_key = None
 
 
 @dataclass
@@ -194,6 +201,31 @@ def settings(
     return checked
 
 
+# Writable layers of running containers started by this process, by (device,
+# inode): overlayfs leaves two mounts sharing an upper directory undefined.
+_writedirs_in_use: set[tuple[int, int]] = set()
+_writedirs_lock = threading.Lock()
+
+
+def _claim_writedir(fd: int, path: bytes) -> tuple[int, int]:
+    info = os.fstat(fd)
+    key = (info.st_dev, info.st_ino)
+    with _writedirs_lock:
+        if key in _writedirs_in_use:
+            raise ValueError(
+                f"writedir {os.fsdecode(path)!r} is the writable layer of a running container; "
+                "overlayfs does not allow two at once"
+            )
+        _writedirs_in_use.add(key)
+    return key
+
+
+def release_writedir(key: tuple[int, int] | None) -> None:
+    if key is not None:
+        with _writedirs_lock:
+            _writedirs_in_use.discard(key)
+
+
 def remove_workdir(path: bytes | None) -> None:
     if path is not None:
         # The overlay made a mode-000 "work" directory in it; root removes it.
@@ -275,6 +307,7 @@ def prepare(
     workdir_path = None if workdir is None else to_bytes(workdir, "workdir")
     if workdir_path is not None and writedir_path is None:
         raise ValueError("workdir is only used together with writedir")
+    _check_layers_apart(prepared.layers)
     scratch_dir()
     try:
         for layer in prepared.layers:
@@ -283,6 +316,7 @@ def prepare(
             prepared.upper_fd = open_directory(writedir_path, "writedir")
             prepared.upper_path = writedir_path
             _check_writedir(writedir_path, prepared.layers)
+            prepared.writedir_key = _claim_writedir(prepared.upper_fd, writedir_path)
             if workdir_path is None:
                 workdir_path = prepared.created_workdir = _make_workdir(writedir_path)
             prepared.work_fd = open_directory(workdir_path, "workdir")
@@ -291,6 +325,20 @@ def prepare(
         prepared.release()
         raise
     return prepared
+
+
+def _check_layers_apart(layers: list[bytes]) -> None:
+    # Overlayfs refuses a layer that is, or is inside, another layer (with a
+    # bare ELOOP): say so in words before anything starts.
+    real = [os.path.realpath(layer) for layer in layers]
+    for i, outer in enumerate(real):
+        for j, inner in enumerate(real):
+            if i != j and _inside(inner, outer):
+                same = "is the same directory as" if inner == outer else "is inside"
+                raise ValueError(
+                    f"layer {os.fsdecode(layers[j])!r} {same} layer "
+                    f"{os.fsdecode(layers[i])!r}; overlayfs needs layers to be separate trees"
+                )
 
 
 def _check_writedir(writedir: bytes, layers: list[bytes]) -> None:
@@ -390,6 +438,12 @@ def _translate(prepared: Prepared, step: str, err: int, detail: bytes) -> Except
         )
     filename: str | None = os.fsdecode(detail) if detail else None
     strerror = None
+    # The C record cuts a path at _DETAIL_CUT bytes: name the full one.
+    if len(detail) >= _DETAIL_CUT:
+        known = [*prepared.exec_paths] if step == "exec" else [prepared.cwd or b""]
+        full = [path for path in known if path.startswith(detail)]
+        if full:
+            filename = os.fsdecode(full[0])
     if step == "exec" and err == errno.ENOENT and len(prepared.exec_paths) > 1:
         # Searched PATH: name the program as given, as subprocess does.
         filename = os.fsdecode(os.path.basename(prepared.exec_paths[0]))

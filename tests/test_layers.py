@@ -322,3 +322,25 @@ def test_layer_paths_are_not_visible_as_mount_sources(rootfs, tmp_path, capfd):
     assert run(["/bin/cat", "/proc/self/mountinfo"], layers=[layer, rootfs], env=BB_ENV) == 0
     root_line = next(line for line in capfd.readouterr().out.splitlines() if line.split()[4] == "/")
     assert " - overlay " in root_line
+
+
+def test_a_writedir_in_use_by_a_running_container_is_refused(rootfs, tmp_path):
+    # overlayfs leaves two mounts sharing an upper directory undefined: the
+    # second spawn is refused, even through another path to the same
+    # directory, and the writedir is free again once the first is reaped.
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (tmp_path / "alias").symlink_to(upper)
+    first = pycontain.Process(["/bin/sleep", "100"], layers=[rootfs], writedir=upper, env=BB_ENV)
+    try:
+        for path in (upper, tmp_path / "alias"):
+            with pytest.raises(ValueError, match="running container"):
+                pycontain.Process(["/bin/true"], layers=[rootfs], writedir=path, env=BB_ENV)
+        # The refused spawns left no work directory of their own.
+        assert len(workdir_siblings(upper)) == 1
+    finally:
+        first.kill()
+        first.wait()
+    assert workdir_siblings(upper) == []
+    assert sh("echo again > /f", [rootfs], writedir=upper) == 0
+    assert (upper / "f").read_text() == "again\n"
