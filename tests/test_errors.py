@@ -349,9 +349,11 @@ def test_overlayfs_stack_limit_of_500_layers_is_reachable(rootfs, tmp_path, capf
         (tmp_path / f"l{i}").mkdir()
         layers.append(tmp_path / f"l{i}")
     (tmp_path / "l7" / "marker").write_text("from layer 7\n")
-    with nothing_left_behind(tmp_path):
-        with pycontain.Process(["/bin/cat", "/marker"], layers=[*layers, rootfs], env=BB_ENV) as p:
-            assert p.wait(timeout=30) == 0
+    with (
+        nothing_left_behind(tmp_path),
+        pycontain.Process(["/bin/cat", "/marker"], layers=[*layers, rootfs], env=BB_ENV) as p,
+    ):
+        assert p.wait(timeout=30) == 0
     assert capfd.readouterr().out == "from layer 7\n"
 
 
@@ -438,5 +440,3 @@ def test_long_missing_path_in_error(rootfs, tmp_path, what):
         spawn(layers=[rootfs], env=BB_ENV, **kwargs)
     assert info.value.step == what
     assert info.value.filename == path
-
-
