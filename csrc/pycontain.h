@@ -97,6 +97,10 @@ struct pc_spawn_request {
     long long uid;
     int umask;
 
+    /* Take the new network namespace from the pool (netns_pool.c) when it
+     * has one ready; 0: always make it during clone. */
+    int use_netns_pool;
+
     /* NULL, or code to run at hook points: such a request must be spawned
      * with the fork path (pc_fork_*), not pc_spawn. */
     const struct pc_hooks *hooks;

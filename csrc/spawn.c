@@ -134,7 +134,7 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
 
     /* A network namespace made ahead of time, if the pool has one: the
      * child joins it instead of the kernel making one during clone. */
-    if (namespaces & CLONE_NEWNET) {
+    if ((namespaces & CLONE_NEWNET) && request->use_netns_pool) {
         child_args.netns_fd = pc_netns_pool_take();
         if (child_args.netns_fd >= 0)
             namespaces &= ~(unsigned long)CLONE_NEWNET;

@@ -8,6 +8,7 @@ from . import _errors
 from ._asyncio import AsyncProcess, create_subprocess_exec
 from ._errors import CallbackError, SpawnError, TimeoutExpired
 from ._io import DEVNULL, PIPE, STDOUT
+from ._netns import netns_pool_status, set_netns_pool
 from ._process import Process
 from ._run import run
 
@@ -21,7 +22,9 @@ __all__ = [
     "SpawnError",
     "TimeoutExpired",
     "create_subprocess_exec",
+    "netns_pool_status",
     "run",
+    "set_netns_pool",
 ]
 __version__ = "0.1.0"
 

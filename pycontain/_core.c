@@ -202,7 +202,7 @@ PyDoc_STRVAR(spawn_doc,
              "      upper_fd, work_path, work_fd, scratch_dir, namespaces, stdio, pass_fds,\n"
              "      hostname, rlimits, groups, gid, uid, umask, force_legacy_clone=False,\n"
              "      trace=None, pre_pivot=None, pre_exec=None, format_exception=None,\n"
-             "      timeout_ms=-1) -> (pid, pidfd)\n\n"
+             "      timeout_ms=-1, use_netns_pool=True) -> (pid, pidfd)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
              "None or a list of gids. Raises StepError(step, errno, detail) on failure.\n"
@@ -217,13 +217,14 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "upper_path", "upper_fd", "work_path", "work_fd", "scratch_dir",
                                "namespaces", "stdio", "pass_fds", "hostname", "rlimits",
                                "groups", "gid", "uid", "umask", "force_legacy_clone", "trace",
-                               "pre_pivot", "pre_exec", "format_exception", "timeout_ms", NULL};
+                               "pre_pivot", "pre_exec", "format_exception", "timeout_ms",
+                               "use_netns_pool", NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *rlimit_list;
     PyObject *group_list, *result = NULL, *trace = Py_None;
     PyObject *pre_pivot = Py_None, *pre_exec = Py_None, *format_exception = Py_None;
     struct python_hooks python_hooks = {0};
     struct pc_hooks hooks = {.run = run_python_hook, .context = &python_hooks};
-    int timeout_ms = -1;
+    int timeout_ms = -1, use_netns_pool = 1;
     Py_buffer trace_buffer = {0};
     const char *scratch_dir, *upper_path, *work_path, *hostname;
     unsigned long namespaces;
@@ -239,13 +240,13 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 
     (void)module;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOi", keywords, &argv_list, &envp_list,
+            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOip", keywords, &argv_list, &envp_list,
             &exec_list, &cwd, &layer_path_list, convert_int_list, &layer_fds,
             convert_optional_bytes, &upper_path, &upper_fd, convert_optional_bytes, &work_path,
             &work_fd, &scratch_dir, &namespaces, convert_int_list, &stdio, convert_int_list,
             &pass_fds, convert_optional_bytes, &hostname, &rlimit_list, &group_list, &gid, &uid,
             &umask_value, &force_legacy_clone, &trace, &pre_pivot, &pre_exec, &format_exception,
-            &timeout_ms))
+            &timeout_ms, &use_netns_pool))
         return NULL;
     if (cwd != Py_None && !PyBytes_Check(cwd)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -338,6 +339,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     request.uid = uid;
     request.umask = umask_value;
     request.force_legacy_clone = force_legacy_clone;
+    request.use_netns_pool = use_netns_pool;
 
     if (pre_pivot != Py_None || pre_exec != Py_None) {
         if ((pre_pivot != Py_None && !PyCallable_Check(pre_pivot)) ||

@@ -44,6 +44,14 @@ class Process:
     environment). ``executable`` (default ``args[0]``) is searched in the
     ``PATH`` of ``env`` inside the container when it has no slash.
 
+    Streams (``stdin``, ``stdout``, ``stderr``, ``text``, ``encoding``,
+    ``errors``, ``bufsize``, ``pass_fds``) are as for ``subprocess.Popen``.
+    ``hostname``, ``rlimits``, ``groups``, ``gid``, ``uid`` and ``umask`` are
+    applied inside the container by the C core. ``pre_pivot``/``pre_exec``
+    are Python callbacks run during set-up (docs/callbacks.md); ``timeout``
+    bounds the whole spawn. ``netns_pool=False`` makes the network namespace
+    at spawn even when :func:`pycontain.set_netns_pool` has some ready.
+
     Raises ``ValueError``/``TypeError`` for bad arguments, an ``OSError``
     subclass naming the directory for a missing or non-directory layer, and a
     :class:`pycontain.SpawnError` (also the matching ``OSError`` subclass)
@@ -86,6 +94,7 @@ class Process:
         pre_pivot: _callbacks.Callback | None = None,
         pre_exec: _callbacks.Callback | None = None,
         timeout: float | None = None,
+        netns_pool: bool = True,
         _force_legacy_clone: bool = False,
     ) -> None:
         self.args = args
@@ -141,6 +150,7 @@ class Process:
                 hooks=_callbacks.spawn_arguments(pre_pivot, pre_exec),
                 timeout=timeout,
                 args=args,
+                netns_pool=netns_pool,
             )
         except BaseException:
             prepared.release()

@@ -384,6 +384,7 @@ def spawn(
     hooks: Mapping[str, Any] | None = None,
     timeout: float | None = None,
     args: object = None,
+    netns_pool: bool = True,
 ) -> tuple[int, int]:
     """Start the container; returns (pid, pidfd) or raises SpawnError.
 
@@ -419,6 +420,7 @@ def spawn(
             umask=settings.umask,
             force_legacy_clone=force_legacy_clone,
             timeout_ms=timeout_ms,
+            use_netns_pool=netns_pool,
             **(hooks or {}),
         )
     except _core.StepError as failure:

@@ -1,0 +1,886 @@
+#!/usr/bin/env python3
+"""Spawn benchmark: what pycontain's isolation costs, next to the alternatives.
+
+Run as root, from a checkout with pycontain installed (``pip install -e .``)::
+
+    python3 bench/spawn.py                 # 300 rounds, 3 s throughput, 10,000-spawn soak
+    python3 bench/spawn.py --quick         # 60 rounds, 1 s throughput, 500-spawn soak
+    python3 bench/spawn.py --rounds 500 --soak 2000 --throughput-seconds 5
+
+It builds a throw-away root filesystem in a temporary directory (removed at
+the end): ``bin/busybox`` copied from the host's static ``/bin/busybox``,
+``bin/true`` and ``bin/sh`` as symlinks to it, and empty ``proc``, ``dev``,
+``sys`` and ``tmp`` mount points (bubblewrap and ``unshare --mount-proc``
+need them to exist; pycontain would create them in its writable layer).
+It installs nothing: a missing tool is skipped with the name of the Debian
+package that provides it.
+
+Candidates, each timed as the wall time of spawn + wait of busybox ``true``:
+
+1. ``subprocess.run([ROOT/bin/true])``: no isolation at all, the floor.
+2. ``pycontain.Process(["/bin/true"], layers=[ROOT], env={"PATH": "/bin"}).wait()``:
+   new mount, PID, net, UTS and IPC namespaces, overlayfs root over a tmpfs.
+3. ``subprocess.run(["bwrap", ...])``: the closest bubblewrap equivalent, with
+   the same five namespaces, /proc, /dev and a tmpfs /tmp. bubblewrap < 0.9
+   has no overlay options, so the root is ``--ro-bind ROOT /``; with
+   bubblewrap >= 0.9 (``--overlay-src`` in ``bwrap --help``) it is
+   ``--overlay-src ROOT --tmp-overlay /``, like pycontain. The output says which.
+4. ``subprocess.run(["unshare", "--mount", "--pid", "--net", "--uts", "--ipc",
+   "--fork", "--mount-proc=ROOT/proc", "chroot", ROOT, "/bin/true"])``:
+   util-linux namespaces plus a plain chroot (no overlay, no /dev).
+5. ``pycontain + netns pool``: the same isolation, with
+   ``pycontain.set_netns_pool(4)`` on, so that the fresh network namespace
+   each container gets was made ahead of time by the pool's thread (the
+   other pycontain rows pass ``netns_pool=False`` and make theirs at spawn,
+   as the default configuration does). Shown when pycontain has the pool.
+
+Phases:
+
+1. Latency: one warm Python process, candidates interleaved round by round in
+   a freshly shuffled order each round (so drifting machine noise hits all of
+   them alike); warm-up rounds are discarded. Median, p90, and ratios against
+   subprocess.run and bubblewrap.
+2. Throughput: pycontain and subprocess.run spawns per second from one thread
+   and from two threads (each looping spawn + wait), the two alternating in
+   slices so that noise hits both alike; and the ratio two/one.
+3. Soak: N pycontain spawns, then a check (after letting things settle for
+   up to ~10 s) that this process's fds, RSS and children, the host's mount
+   table, the temp directory and the kernel's count of network namespaces
+   are back where they were. During the soak ``tempfile.gettempdir()`` is a
+   fresh private directory, so the judged temp count is not disturbed by
+   other programs (the host's /tmp is shown, for information only); the
+   machine-wide counts are judged by their floor while polling (see Metric).
+
+Exit status: 0 when every soak check passes, 1 when one fails or the
+benchmark cannot run (not root, no busybox, no pycontain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import inspect
+import os
+import platform
+import random
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+BUSYBOX = Path("/bin/busybox")
+
+# Debian package providing each external tool this script uses.
+DEBIAN_PACKAGE = {
+    "bwrap": "bubblewrap",
+    "unshare": "util-linux",
+    "chroot": "coreutils",
+    "busybox": "busybox-static",
+}
+
+NAMESPACES_BWRAP = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
+
+# Soak: RSS may grow by less than this (allocator and interpreter caches).
+RSS_TOLERANCE_KIB = 2048
+# Soak: how long to wait for the kernel and the interpreter to settle.
+SETTLE_SECONDS = 10.0
+SETTLE_POLL = 0.5
+SETTLE_STABLE = 2.0  # seconds without change that count as settled
+
+CLONE_NEWNET = 0x40000000  # <sched.h>, for flush_net_namespace_teardown()
+
+Spawn = Callable[[], int]
+
+
+# -- setup -----------------------------------------------------------------
+
+
+def missing_tool(tool: str) -> str:
+    return f"{tool} not found (Debian package: {DEBIAN_PACKAGE[tool]})"
+
+
+def elf_interpreter(path: Path) -> str | None:
+    """The PT_INTERP of a 64-bit little-endian ELF file, None for a static one."""
+    with path.open("rb") as f:
+        header = f.read(64)
+        if header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
+            return None  # not ELF64 LE: let the verification run tell
+        phoff, phentsize, phnum = (
+            struct.unpack_from("<Q", header, 0x20)[0],
+            *struct.unpack_from("<HH", header, 0x36),
+        )
+        for index in range(phnum):
+            f.seek(phoff + index * phentsize)
+            p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack(
+                "<IIQQQQ", f.read(40)
+            )
+            if p_type == 3:  # PT_INTERP
+                f.seek(p_offset)
+                return f.read(p_filesz).rstrip(b"\0").decode(errors="replace")
+    return None
+
+
+def build_rootfs(parent: Path) -> Path:
+    root = parent / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    for applet in ("true", "sh"):
+        (root / "bin" / applet).symlink_to("busybox")
+    for mount_point in ("proc", "dev", "sys", "tmp"):
+        (root / mount_point).mkdir()
+    return root
+
+
+def command_output(argv: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"({error})"
+    return (done.stdout + done.stderr).strip()
+
+
+def first_line(text: str) -> str:
+    return text.splitlines()[0] if text else "?"
+
+
+def loadavg() -> str:
+    return "(loadavg " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + ")"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def print_machine_info(pycontain: ModuleType, bwrap: str | None, bwrap_mode: str) -> None:
+    uname = os.uname()
+    print("== Machine")
+    print(f"  kernel      {uname.sysname} {uname.release} {uname.version} {uname.machine}")
+    print(f"  cpus        nproc={len(os.sched_getaffinity(0))} (cpu_count={os.cpu_count()})")
+    print(f"  cpu model   {cpu_model()}")
+    print(f"  load        {loadavg()} at start")
+    print(f"  python      {platform.python_version()} ({sys.executable})")
+    print(f"  pycontain   {getattr(pycontain, '__version__', '?')} ({pycontain.__file__})")
+    bwrap_version = first_line(command_output([bwrap, "--version"])) if bwrap else "missing"
+    print(f"  bwrap       {bwrap_version}; root via {bwrap_mode}")
+    unshare = shutil.which("unshare")
+    unshare_version = first_line(command_output([unshare, "--version"])) if unshare else "missing"
+    print(f"  unshare     {unshare_version}")
+    print(f"  busybox     {first_line(command_output([str(BUSYBOX), '--help']))}")
+    print()
+
+
+# -- candidates ------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    name: str
+    command: str  # how it is spawned, for the legend
+    spawn: Spawn
+    verify: Callable[[], str | None]  # None when a run succeeds, else the error
+    samples: list[float] = field(default_factory=list)  # seconds
+    failures: int = 0
+
+
+@dataclass
+class Unavailable:
+    name: str
+    reason: str
+
+
+def subprocess_candidate(name: str, argv: list[str]) -> Candidate:
+    def spawn() -> int:
+        return subprocess.run(argv).returncode
+
+    def verify() -> str | None:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as error:
+            return f"{type(error).__name__}: {error}"
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).strip() or "no output"
+            return f"exit status {done.returncode}: {output}"
+        return None
+
+    return Candidate(name, " ".join(argv), spawn, verify)
+
+
+def pycontain_candidate(
+    pycontain: ModuleType, name: str, root: Path, extra: dict[str, object]
+) -> Candidate:
+    process = pycontain.Process
+    layers = [str(root)]
+    env = {"PATH": "/bin"}
+
+    def spawn() -> int:
+        code: int = process(["/bin/true"], layers=layers, env=env, **extra).wait()
+        return code
+
+    def verify() -> str | None:
+        try:
+            code = spawn()
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+        return None if code == 0 else f"exit status {code}"
+
+    options = "".join(f", {key}={value!r}" for key, value in extra.items())
+    command = f"pycontain.Process(['/bin/true'], layers=[ROOT], env={env!r}{options}).wait()"
+    return Candidate(name, command, spawn, verify)
+
+
+def bwrap_has_overlay(bwrap: str) -> bool:
+    """Whether this bwrap offers --overlay-src and --tmp-overlay (bubblewrap >= 0.9)."""
+    help_text = command_output([bwrap, "--help"])
+    return "--overlay-src" in help_text and "--tmp-overlay" in help_text
+
+
+NETNS_POOL_SIZE = 4
+
+
+def extra_pycontain_options(
+    pycontain: ModuleType,
+) -> tuple[list[tuple[str, dict[str, object]]], str]:
+    """pycontain variants worth timing: (name, keywords) pairs, or why none."""
+    if not hasattr(pycontain, "set_netns_pool"):
+        return [], "this pycontain has no network namespace pool"
+    return [("pycontain + netns pool", {"netns_pool": True})], ""
+
+
+def default_pycontain_options(pycontain: ModuleType) -> dict[str, object]:
+    # With the pool on for the pool's row, the default rows bypass it, so
+    # that they measure the default configuration (pool off).
+    if "netns_pool" in inspect.signature(pycontain.Process).parameters:
+        return {"netns_pool": False}
+    return {}
+
+
+def make_candidates(
+    pycontain: ModuleType, root: Path, bwrap: str | None, bwrap_overlay: bool
+) -> tuple[list[Candidate], list[Unavailable]]:
+    candidates: list[Candidate] = []
+    unavailable: list[Unavailable] = []
+    candidates.append(
+        subprocess_candidate("subprocess.run (no isolation)", [str(root / "bin" / "true")])
+    )
+    candidates.append(
+        pycontain_candidate(
+            pycontain, "pycontain.Process (default)", root, default_pycontain_options(pycontain)
+        )
+    )
+    if bwrap:
+        if bwrap_overlay:
+            label, argv = "bwrap --overlay-src", [bwrap, "--overlay-src", str(root)]
+            argv += ["--tmp-overlay", "/"]
+        else:
+            label, argv = "bwrap --ro-bind", [bwrap, "--ro-bind", str(root), "/"]
+        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", *NAMESPACES_BWRAP]
+        candidates.append(subprocess_candidate(label, [*argv, "/bin/true"]))
+    else:
+        unavailable.append(Unavailable("bwrap", missing_tool("bwrap")))
+    unshare, chroot = shutil.which("unshare"), shutil.which("chroot")
+    if unshare and chroot:
+        argv = [unshare, "--mount", "--pid", "--net", "--uts", "--ipc", "--fork"]
+        argv += [f"--mount-proc={root / 'proc'}", chroot, str(root), "/bin/true"]
+        candidates.append(subprocess_candidate("unshare + chroot", argv))
+    else:
+        tool = "unshare" if not unshare else "chroot"
+        unavailable.append(Unavailable("unshare + chroot", missing_tool(tool)))
+    variants, reason = extra_pycontain_options(pycontain)
+    for name, extra in variants:
+        candidates.append(pycontain_candidate(pycontain, name, root, extra))
+    if not variants:
+        unavailable.append(Unavailable("pycontain + netns pool", reason))
+    return candidates, unavailable
+
+
+def verify_candidates(
+    candidates: list[Candidate], unavailable: list[Unavailable]
+) -> list[Candidate]:
+    working = []
+    for candidate in candidates:
+        error = candidate.verify()
+        if error is None:
+            working.append(candidate)
+        else:
+            print(f"  DROPPED {candidate.name}: {error}")
+            unavailable.append(Unavailable(candidate.name, f"failed: {error.splitlines()[0]}"))
+    return working
+
+
+# -- latency ---------------------------------------------------------------
+
+
+def measure_latency(
+    candidates: list[Candidate], rounds: int, warmup: int, rng: random.Random
+) -> None:
+    order = list(candidates)
+    gc.collect()
+    gc.disable()  # no collection pause lands inside one candidate's timing
+    try:
+        for round_index in range(warmup + rounds):
+            rng.shuffle(order)
+            for candidate in order:
+                start = time.perf_counter()
+                code = candidate.spawn()
+                elapsed = time.perf_counter() - start
+                if code != 0:
+                    candidate.failures += 1
+                if round_index >= warmup:
+                    candidate.samples.append(elapsed)
+            if round_index % 20 == 19:
+                gc.collect()
+    finally:
+        gc.enable()
+
+
+def percentile_90(samples: list[float]) -> float:
+    if len(samples) < 2:
+        return samples[0]
+    return statistics.quantiles(samples, n=10, method="inclusive")[8]
+
+
+def print_latency(
+    candidates: list[Candidate], unavailable: list[Unavailable], rounds: int, warmup: int
+) -> None:
+    medians = {c.name: statistics.median(c.samples) for c in candidates}
+    floor = medians.get("subprocess.run (no isolation)")
+    bwrap = next((medians[c.name] for c in candidates if c.name.startswith("bwrap")), None)
+    print(
+        f"== Latency: spawn + wait of busybox true ({rounds} rounds,"
+        f" {warmup} warm-up discarded)  {loadavg()}"
+    )
+    header = (
+        f"  {'candidate':<34} {'median ms':>10} {'p90 ms':>9} {'min ms':>8}"
+        f" {'x subprocess':>13} {'x faster than bwrap':>20}"
+    )
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    for candidate in candidates:
+        median = medians[candidate.name]
+        vs_floor = f"{median / floor:.2f}" if floor else "n/a"
+        vs_bwrap = f"{bwrap / median:.2f}" if bwrap else "n/a"
+        failures = f"  ({candidate.failures} non-zero exits!)" if candidate.failures else ""
+        print(
+            f"  {candidate.name:<34} {median * 1e3:>10.3f}"
+            f" {percentile_90(candidate.samples) * 1e3:>9.3f} {min(candidate.samples) * 1e3:>8.3f}"
+            f" {vs_floor:>13} {vs_bwrap:>20}{failures}"
+        )
+    for missing in unavailable:
+        print(f"  {missing.name:<34} (not available: {missing.reason})")
+    print()
+    print("  x subprocess = candidate median / subprocess.run median;")
+    print("  x faster than bwrap = bwrap median / candidate median.")
+    for candidate in candidates:
+        print(f"  {candidate.name}: {candidate.command}")
+    noisy = [c.name for c in candidates if percentile_90(c.samples) > 1.5 * medians[c.name]]
+    if noisy:
+        print(f"  note: p90 > 1.5 x median (noisy) for: {', '.join(noisy)}")
+    print()
+
+
+# -- throughput ------------------------------------------------------------
+
+
+@dataclass
+class Throughput:
+    spawns: int = 0
+    failures: int = 0
+    elapsed: float = 0.0  # seconds
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        """Spawns per second, all threads together."""
+        return self.spawns / self.elapsed if self.elapsed else 0.0
+
+
+# Throughput runs alternate 1 and 2 threads in slices, in this ABBA order, so
+# that machine noise (and the kernel's deferred namespace teardown left over
+# from the previous slice) weighs on both alike.
+THROUGHPUT_SLICES = (1, 2, 2, 1, 1, 2)
+
+
+def measure_slice(spawn: Spawn, threads: int, seconds: float, total: Throughput) -> None:
+    """Loop ``spawn`` in ``threads`` threads for ``seconds``; add the counts to ``total``."""
+    barrier = threading.Barrier(threads + 1)
+    counts = [0] * threads
+    failures = [0] * threads
+    deadline = [0.0]
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        try:
+            while time.perf_counter() < deadline[0]:
+                if spawn() != 0:
+                    failures[index] += 1
+                counts[index] += 1
+        except Exception as error:
+            total.errors.append(f"{type(error).__name__}: {error}")
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in workers:
+        thread.start()
+    start = time.perf_counter()
+    deadline[0] = start + seconds
+    barrier.wait()
+    for thread in workers:
+        thread.join()
+    total.elapsed += time.perf_counter() - start
+    total.spawns += sum(counts)
+    total.failures += sum(failures)
+
+
+def measure_throughput(spawn: Spawn, seconds: float) -> dict[int, Throughput]:
+    """``seconds`` of spawning per thread count, interleaved in slices."""
+    results = {threads: Throughput() for threads in set(THROUGHPUT_SLICES)}
+    slice_seconds = seconds / THROUGHPUT_SLICES.count(1)
+    for threads in THROUGHPUT_SLICES:
+        measure_slice(spawn, threads, slice_seconds, results[threads])
+    return results
+
+
+def run_throughput(candidates: list[Candidate], seconds: float) -> None:
+    print(f"== Throughput: spawns per second, {seconds:g} s per thread count  {loadavg()}")
+    print(f"  {'candidate':<34} {'1 thread /s':>12} {'2 threads /s':>13} {'2/1':>6}")
+    for name in (
+        "subprocess.run (no isolation)",
+        "pycontain.Process (default)",
+        "pycontain + netns pool",
+    ):
+        candidate = next((c for c in candidates if c.name == name), None)
+        if candidate is None:
+            print(f"  {name:<34} (not available)")
+            continue
+        results = measure_throughput(candidate.spawn, seconds)
+        one, two = results[1], results[2]
+        ratio = two.rate / one.rate if one.rate else float("nan")
+        print(f"  {name:<34} {one.rate:>12.1f} {two.rate:>13.1f} {ratio:>6.2f}")
+        for label, result in (("1 thread", one), ("2 threads", two)):
+            if result.failures:
+                print(f"    {label}: {result.failures} of {result.spawns} exited non-zero")
+            for error in result.errors:
+                print(f"    {label}: a thread stopped on {error}")
+    print(f"  (1 and 2 threads alternate in slices, order {THROUGHPUT_SLICES})")
+    print()
+
+
+# -- soak ------------------------------------------------------------------
+
+
+def count_fds() -> int:
+    return len(os.listdir("/proc/self/fd")) - 1  # minus the fd listdir itself holds
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def count_mounts() -> int:
+    # This process lives in the host's mount namespace: a leaked mount shows here.
+    with open("/proc/self/mountinfo") as f:
+        return sum(1 for _ in f)
+
+
+def child_pids() -> set[int]:
+    """Children of every thread of this process, zombies included."""
+    tasks = os.listdir("/proc/self/task")
+    if os.path.exists(f"/proc/self/task/{tasks[0]}/children"):
+        pids: set[int] = set()
+        for tid in tasks:
+            try:
+                with open(f"/proc/self/task/{tid}/children") as f:
+                    pids.update(int(pid) for pid in f.read().split())
+            except FileNotFoundError:
+                pass  # the thread ended meanwhile
+        return pids
+    # Kernel without CONFIG_PROC_CHILDREN: scan every process's parent pid.
+    me = os.getpid()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                found.add(int(entry))
+    return found
+
+
+def count_children() -> int:
+    return len(child_pids())
+
+
+def count_tempdir() -> int:
+    return len(os.listdir(tempfile.gettempdir()))
+
+
+def count_entries(directory: str) -> Callable[[], int]:
+    return lambda: len(os.listdir(directory))
+
+
+def count_net_namespaces() -> int | None:
+    """Network namespaces alive in the kernel, from the net_namespace slab cache.
+
+    Why this counter: counting distinct net:[inode] links under /proc/*/ns/net
+    only sees namespaces that some process is in; a leaked one (kept alive by
+    a stray reference, or whose teardown is stuck) is invisible there. No
+    procfs or sysfs file gives a kernel-wide count, and debugfs is not
+    mounted. But every struct net except init_net is allocated from the
+    "net_namespace" slab cache, so that cache's active objects (column 2 of
+    /proc/slabinfo, root only) count the namespaces alive or not yet freed.
+
+    SLUB counts objects sitting free in per-CPU slabs and sheaves as active,
+    which makes the raw number jump in steps of a slab (7 objects here).
+    Writing 1 to /sys/kernel/slab/net_namespace/shrink first flushes those
+    per-CPU caches (a harmless hint to the allocator), which makes the count
+    exact but for frees still in flight. Teardown is asynchronous (the
+    cleanup_net work, after an RCU grace period): the settle loop waits for
+    it. None when the kernel does not list the cache (e.g. merged into one
+    with another name).
+    """
+    try:
+        with open("/sys/kernel/slab/net_namespace/shrink", "w") as f:
+            f.write("1")
+    except OSError:
+        pass  # no SLUB sysfs: the raw count is still an upper bound
+    try:
+        with open("/proc/slabinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] == "net_namespace":
+                    return int(fields[1])
+    except OSError:
+        pass
+    return None
+
+
+def net_namespaces_in_use() -> int:
+    """Distinct network namespaces, other than this process's, that processes are in."""
+    links = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                links.add(os.readlink(f"/proc/{entry}/ns/net"))
+            except OSError:
+                pass  # gone meanwhile, or a kernel thread
+    links.discard(os.readlink("/proc/self/ns/net"))  # the host's: not from the slab
+    return len(links)
+
+
+def count_unheld_net_namespaces() -> int | None:
+    """Net namespaces no process is in: the slab count minus those in use.
+
+    The raw slab count is machine-wide, so any container another program
+    runs during the soak (a test suite, say) moves it. Subtracting the
+    namespaces some process is in leaves the ones kept alive by something
+    else (an fd, a bind mount, a leaked kernel reference) or still being torn
+    down: what a leak in pycontain's spawn would look like. (A leaked
+    *process* holding a namespace shows in the child-process count instead.)
+    The slab is read first, so a namespace created in between lowers the
+    result rather than raising it.
+    """
+    total = count_net_namespaces()
+    return None if total is None else total - net_namespaces_in_use()
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    read: Callable[[], int | None]
+    tolerance: int = 0  # largest growth that still passes
+    unit: str = ""
+    informational: bool = False  # shown, never fails (machine-wide and noisy)
+    # Machine-wide counters that other programs push up for a while (their
+    # containers' namespaces, say) are judged by their floor: the lowest
+    # value seen while polling. A leak raises the floor; passing activity
+    # does not.
+    floor: bool = False
+
+
+def host_tmp_metric_name(host_tmp: str) -> str:
+    return f"entries in {host_tmp} (info only)"
+
+
+def soak_metrics(host_tmp: str) -> tuple[Metric, ...]:
+    return (
+        Metric("open fds (this process)", count_fds),
+        Metric("RSS (VmRSS)", rss_kib, RSS_TOLERANCE_KIB - 1, "KiB"),
+        Metric("host mount table lines (floor)", count_mounts, floor=True),
+        Metric("child processes (incl. zombies)", count_children),
+        Metric("entries in tempfile.gettempdir()", count_tempdir),
+        Metric(host_tmp_metric_name(host_tmp), count_entries(host_tmp), informational=True),
+        Metric("net namespaces no process is in (floor)", count_unheld_net_namespaces, floor=True),
+        Metric(
+            "net namespaces, all (floor, info only)",
+            count_net_namespaces,
+            informational=True,
+            floor=True,
+        ),
+    )
+
+
+Snapshot = dict[str, int | None]
+
+
+def snapshot(metrics: Sequence[Metric]) -> Snapshot:
+    return {metric.name: metric.read() for metric in metrics}
+
+
+def passes(metric: Metric, before: int | None, after: int | None) -> bool:
+    return (
+        metric.informational
+        or before is None
+        or after is None
+        or after - before <= metric.tolerance
+    )
+
+
+def flush_net_namespace_teardown() -> None:
+    """Create and drop a throwaway network namespace, in a forked child.
+
+    Some namespaces are freed only from an RCU callback (after their last
+    socket goes), and lazy RCU may hold such callbacks back for 10 s or more.
+    Dropping a namespace runs the kernel's cleanup_net work, whose
+    rcu_barrier() flushes them: the net namespace count then reflects leaks,
+    not the timing of deferred frees. This is to the kernel what gc.collect()
+    is to Python. Best effort: failures are ignored.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        pid = os.fork()
+    except OSError:
+        return
+    if pid == 0:  # the child: no Python cleanup, just unshare and leave
+        os._exit(0 if libc.unshare(CLONE_NEWNET) == 0 else 1)
+    os.waitpid(pid, 0)
+
+
+def merge(metrics: Sequence[Metric], seen: Snapshot, current: Snapshot) -> Snapshot:
+    """Fold a new poll in: the lowest value so far for floor metrics, else the latest."""
+    merged = dict(current)
+    for metric in metrics:
+        old, new = seen[metric.name], current[metric.name]
+        if metric.floor and old is not None and new is not None:
+            merged[metric.name] = min(old, new)
+    return merged
+
+
+def settle(metrics: Sequence[Metric], baseline: Snapshot | None) -> tuple[Snapshot, float]:
+    """Poll for at most ~SETTLE_SECONDS; return the settled numbers and the time taken.
+
+    Without a ``baseline`` (before the soak), stop once the numbers (floors
+    for floor metrics) have not changed for SETTLE_STABLE seconds, so that
+    the teardown left over from the earlier phases (zombie reaping,
+    namespace cleanup) is done and the baseline is low. With one (after the
+    soak), stop as soon as every check passes, else keep polling to the end:
+    a leak stays, whereas deferred teardown and other programs' activity
+    come and go. Informational metrics are recorded but not waited for.
+    """
+    judged = [metric for metric in metrics if not metric.informational]
+    start = time.monotonic()
+    gc.collect()
+    flush_net_namespace_teardown()
+    seen = snapshot(metrics)
+    unchanged = 0
+    while time.monotonic() - start < SETTLE_SECONDS:
+        if baseline is not None and all(passes(m, baseline[m.name], seen[m.name]) for m in judged):
+            break
+        time.sleep(SETTLE_POLL)
+        gc.collect()
+        flush_net_namespace_teardown()
+        current = merge(metrics, seen, snapshot(metrics))
+        same = all(current[m.name] == seen[m.name] for m in judged)
+        unchanged = unchanged + 1 if same else 0
+        seen = current
+        if baseline is None and unchanged * SETTLE_POLL >= SETTLE_STABLE:
+            break
+    return seen, time.monotonic() - start
+
+
+def soak_loop(spawn: Spawn, spawns: int) -> tuple[int, dict[str, int], float]:
+    """Run ``spawn`` ``spawns`` times: (non-zero exits, exceptions by message, seconds)."""
+    failures = 0
+    errors: dict[str, int] = {}
+    show_progress = sys.stderr.isatty()
+    start = time.perf_counter()
+    for index in range(spawns):
+        try:
+            if spawn() != 0:
+                failures += 1
+        except Exception as error:
+            key = f"{type(error).__name__}: {error}"
+            errors[key] = errors.get(key, 0) + 1
+        if show_progress and (index + 1) % max(1, spawns // 20) == 0:
+            print(f"\r  {index + 1}/{spawns}", end="", file=sys.stderr, flush=True)
+    if show_progress:
+        print("\r" + " " * 30 + "\r", end="", file=sys.stderr, flush=True)
+    return failures, errors, time.perf_counter() - start
+
+
+def run_soak(candidates: list[Candidate], spawns: int) -> bool:
+    candidate = next((c for c in candidates if c.name == "pycontain.Process (default)"), None)
+    print(f"== Soak: {spawns} pycontain spawns  {loadavg()}")
+    if candidate is None:
+        print("  FAIL pycontain.Process (default) is not available")
+        return False
+    # The host's temp directory is shared with everything else on the machine,
+    # so its entry count is only informative. For a judged count, the soak
+    # runs with tempfile.gettempdir() (and TMPDIR) pointing to a fresh
+    # private directory, where any temp file pycontain makes would land.
+    host_tmp = tempfile.gettempdir()
+    host_tmp_metric = host_tmp_metric_name(host_tmp)
+    private_tmp = tempfile.mkdtemp(prefix="pycontain-bench-soak-tmp-")
+    host_tmp_before = set(os.listdir(host_tmp))
+    saved_tempdir, saved_environ = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = os.environ["TMPDIR"] = private_tmp
+    try:
+        metrics = soak_metrics(host_tmp)
+        before, waited_before = settle(metrics, None)
+        failures, errors, elapsed = soak_loop(candidate.spawn, spawns)
+        after, waited_after = settle(metrics, before)
+        host_tmp_new = sorted(set(os.listdir(host_tmp)) - host_tmp_before)
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_environ is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = saved_environ
+        shutil.rmtree(private_tmp, ignore_errors=True)
+    print(
+        f"  {spawns} spawns in {elapsed:.1f} s ({spawns / elapsed:.0f}/s);"
+        f" settled {waited_before:.1f} s before, {waited_after:.1f} s after"
+    )
+    print(f"  {'':<4} {'metric':<42} {'before':>10} {'after':>10} {'delta':>8}  limit")
+    ok = True
+    for metric in metrics:
+        old, new = before[metric.name], after[metric.name]
+        if old is None or new is None:
+            print(f"  {'SKIP':<4} {metric.name:<42} {'(unavailable on this kernel)':>30}")
+            continue
+        good = passes(metric, old, new)
+        ok = ok and good
+        if metric.informational:
+            status, limit = "INFO", "not judged"
+        else:
+            status = "PASS" if good else "FAIL"
+            limit = f"< {metric.tolerance + 1} {metric.unit}" if metric.tolerance else "no growth"
+        print(f"  {status:<4} {metric.name:<42} {old:>10} {new:>10} {new - old:>+8}  {limit}")
+        if metric.name == host_tmp_metric and host_tmp_new:
+            shown = ", ".join(host_tmp_new[:8]) + (", ..." if len(host_tmp_new) > 8 else "")
+            print(f"       new there since the soak began: {shown}")
+    spawn_ok = failures == 0 and not errors
+    print(
+        f"  {'PASS' if spawn_ok else 'FAIL':<4} {'spawns exiting 0':<42}"
+        f" {spawns - failures - sum(errors.values()):>10} of {spawns}"
+    )
+    for message, count in errors.items():
+        print(f"       {count} x {message}")
+    print(
+        "  (tempfile.gettempdir() was a private directory during the soak; (floor) = the"
+        " lowest value seen while polling, as other programs move these machine-wide counts)"
+    )
+    print()
+    return ok and spawn_ok
+
+
+# -- main ------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark pycontain spawns against subprocess, bubblewrap and unshare.",
+    )
+    parser.add_argument("--rounds", type=int, help="timed latency rounds (default 300)")
+    parser.add_argument("--warmup", type=int, help="discarded warm-up rounds (default 20)")
+    parser.add_argument("--soak", type=int, help="pycontain spawns in the soak (default 10000)")
+    parser.add_argument(
+        "--throughput-seconds", type=float, help="duration of each throughput run (default 3)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the round order shuffle")
+    parser.add_argument(
+        "--quick", action="store_true", help="defaults of 60 rounds, 1 s throughput, 500 soak"
+    )
+    args = parser.parse_args(argv)
+    defaults = (60, 5, 500, 1.0) if args.quick else (300, 20, 10_000, 3.0)
+    for name, default in zip(
+        ("rounds", "warmup", "soak", "throughput_seconds"), defaults, strict=True
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.rounds < 1 or args.warmup < 0 or args.soak < 0 or args.throughput_seconds <= 0:
+        parser.error("--rounds must be >= 1, --warmup and --soak >= 0, throughput > 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("spawn.py: must run as root (pycontain, bwrap and unshare create namespaces)")
+        return 1
+    if not BUSYBOX.is_file():
+        print(f"spawn.py: {missing_tool('busybox')}: {BUSYBOX} is needed for the rootfs")
+        return 1
+    interpreter = elf_interpreter(BUSYBOX)
+    if interpreter is not None:
+        print(f"spawn.py: {BUSYBOX} is dynamically linked ({interpreter}); install busybox-static")
+        return 1
+    try:
+        import pycontain
+    except ImportError as error:
+        print(f"spawn.py: cannot import pycontain ({error}); run `pip install -e .` first")
+        return 1
+
+    bwrap = shutil.which("bwrap")
+    bwrap_overlay = bwrap is not None and bwrap_has_overlay(bwrap)
+    if not bwrap:
+        bwrap_mode = "n/a"
+    elif bwrap_overlay:
+        bwrap_mode = "--overlay-src ROOT --tmp-overlay / (overlay, like pycontain)"
+    else:
+        bwrap_mode = "--ro-bind ROOT / (this bwrap has no --overlay-src/--tmp-overlay)"
+    print_machine_info(pycontain, bwrap, bwrap_mode)
+
+    with tempfile.TemporaryDirectory(prefix="pycontain-bench-") as scratch:
+        root = build_rootfs(Path(scratch))
+        candidates, unavailable = make_candidates(pycontain, root, bwrap, bwrap_overlay)
+        if hasattr(pycontain, "set_netns_pool"):
+            pycontain.set_netns_pool(NETNS_POOL_SIZE)
+        candidates = verify_candidates(candidates, unavailable)
+        if not candidates:
+            print("spawn.py: no candidate works")
+            return 1
+        measure_latency(candidates, args.rounds, args.warmup, random.Random(args.seed))
+        print_latency(candidates, unavailable, args.rounds, args.warmup)
+        run_throughput(candidates, args.throughput_seconds)
+        if not args.soak:
+            print("== Soak: skipped (--soak 0)")
+            return 0
+        ok = run_soak(candidates, args.soak)
+    print(f"== Soak result: {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
