@@ -107,7 +107,8 @@ static int run_hook(const struct pc_child_args *args, enum pc_hook hook, struct 
 static int run_steps(const struct pc_child_args *args, struct pc_error *err)
 {
     const struct pc_spawn_request *request = args->request;
-    mode_t caller_umask = umask(0); /* so device nodes get exactly 0666 */
+    /* So the directories and device nodes made below get exactly their modes. */
+    mode_t caller_umask = umask(0);
 
     pc_trace(request, PC_STEP_NONE);
     STEP(PC_STEP_SIGNALS, reset_signal_handlers(err));
@@ -118,6 +119,7 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
     STEP(PC_STEP_MOUNT_OVERLAY, pc_rootfs_mount_overlay(request, args->overlay, err));
     STEP(PC_STEP_MOUNT_SYS, pc_rootfs_mount_proc_sys(err));
     STEP(PC_STEP_MOUNT_DEV, pc_rootfs_mount_dev(err));
+    umask(caller_umask); /* hooks see the caller's umask, as preexec_fn does */
     STEP(PC_STEP_PRE_PIVOT, run_hook(args, PC_HOOK_PRE_PIVOT, err));
     STEP(PC_STEP_PIVOT_ROOT, pc_rootfs_pivot(err));
     if (request->cwd != NULL && chdir(request->cwd) < 0)

@@ -79,6 +79,15 @@ class AsyncProcess:
         if not self._exited.done():
             self._exited.set_result(code)
 
+    def __del__(self) -> None:
+        # Dropped while the loop still watched the pidfd (the loop ended
+        # with a wait pending): give the fd back so the Process can close it.
+        if self._watched_fd >= 0:
+            if not self._loop.is_closed():
+                self._loop.remove_reader(self._watched_fd)
+            self._watched_fd = -1
+            self._process._release_pidfd()
+
     async def wait(self) -> int:
         """Wait for the program to end; returns its exit code."""
         return await asyncio.shield(self._watch())

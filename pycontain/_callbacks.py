@@ -9,6 +9,7 @@ formats a callback's exception in the child for the parent.
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 import warnings
 from collections.abc import Callable
@@ -34,8 +35,20 @@ def check(pre_pivot: Callback | None, pre_exec: Callback | None) -> None:
             "that takes such a lock may deadlock. Prefer the declarative keywords "
             "(hostname=, rlimits=, uid=, ...), which run no Python.",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=_caller_stacklevel(),
         )
+
+
+def _caller_stacklevel() -> int:
+    """The warnings stacklevel, seen from check(), of the first caller outside
+    pycontain: Process() and run() reach check() through different depths."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(2)  # check()'s caller
+    level = 2
+    while frame is not None and os.path.dirname(frame.f_code.co_filename) == package:
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 def _thread_count() -> int:
@@ -50,19 +63,35 @@ def _thread_count() -> int:
 
 
 def format_exception(exc: BaseException | None) -> tuple[int, bytes]:
-    """Runs in the child: (errno or 0, the formatted traceback, bounded)."""
+    """Runs in the child: (errno or 0, a report for callback_error).
+
+    The report is three parts separated by newlines: the exception's
+    qualified type name, its message on one line (shortened), and the
+    formatted traceback, cut in the middle to fit the error record.
+    """
     if exc is None:
-        return 0, b"the callback failed without an exception"
-    text = "".join(traceback.format_exception(exc))
-    data = text.encode("utf-8", "backslashreplace")
-    if len(data) > _DETAIL_LIMIT:
-        # Keep the head ("Traceback ...") and the tail (where it was raised,
-        # and the exception itself).
-        head = data[: _DETAIL_LIMIT // 4]
-        tail = data[-(_DETAIL_LIMIT * 3 // 4 - 40) :]
-        data = head + b"\n  [... traceback cut ...]\n" + tail
+        return 0, b"None\nthe callback failed without an exception\n"
+    cls = type(exc)
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    try:
+        summary = " ".join(str(exc).split())
+    except Exception:
+        summary = f"<unprintable {name} object>"
+    if len(summary) > 300:
+        summary = summary[:300] + "..."
+    head = f"{name}\n{summary}\n".encode("utf-8", "backslashreplace")
+    text = "".join(traceback.format_exception(exc)).encode("utf-8", "backslashreplace")
+    room = _DETAIL_LIMIT - len(head)
+    if len(text) > room:
+        # Keep the start ("Traceback ...") and the end (where it was
+        # raised, and the exception itself).
+        marker = b"\n  [... traceback cut ...]\n"
+        keep_head = room // 4
+        text = text[:keep_head] + marker + text[-(room - keep_head - len(marker)) :]
     number = exc.errno if isinstance(exc, OSError) and isinstance(exc.errno, int) else 0
-    return number, data
+    return number, head + text
 
 
 def spawn_arguments(pre_pivot: Callback | None, pre_exec: Callback | None) -> dict[str, Any]:

@@ -132,7 +132,8 @@ static void record_exception(struct python_hooks *hooks, enum pc_hook hook, stru
 {
     enum pc_step step = hook == PC_HOOK_PRE_PIVOT ? PC_STEP_PRE_PIVOT : PC_STEP_PRE_EXEC;
     PyObject *type, *value, *traceback, *formatted;
-    const char *text = "the callback raised an exception that could not be formatted";
+    /* In the report format of pycontain._callbacks.format_exception. */
+    const char *text = "BaseException\nthe callback raised an exception that could not be formatted\n";
     int errnum = 0;
 
     PyErr_Fetch(&type, &value, &traceback);

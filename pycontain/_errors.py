@@ -41,21 +41,25 @@ class CallbackError(SpawnError):
     """A ``pre_pivot`` or ``pre_exec`` callback failed in the container.
 
     ``hook`` (also ``step``) is ``"pre_pivot"`` or ``"pre_exec"``. If the
-    callback raised, ``exception_type`` names the exception's class and
-    ``child_traceback`` holds the traceback formatted in the child (also in
-    the message). If it ended its process (``os._exit``, a signal),
+    callback raised, ``exception_type`` names the exception's class
+    (``ValueError``, ``mymodule.MyError``), ``exception_message`` is its
+    message on one line, and ``child_traceback`` holds the traceback
+    formatted in the child (also in the message). If it ended its process (``os._exit``, a signal),
     ``exit_status`` is the exit status or ``-N`` for signal N.
     """
 
     hook: str
     exception_type: str | None = None
+    exception_message: str = ""
     child_traceback: str = ""
     exit_status: int | None = None
 
     def __str__(self) -> str:
         if self.exit_status is None:
-            last = self.child_traceback.rstrip().rsplit("\n", 1)[-1]
-            return f"pycontain: {self.hook} callback raised {last}\n\n{self.child_traceback}"
+            raised = self.exception_type or "an exception"
+            if self.exception_message:
+                raised += f": {self.exception_message}"
+            return f"pycontain: {self.hook} callback raised {raised}\n\n{self.child_traceback}"
         if self.exit_status >= 0:
             return (
                 f"pycontain: {self.hook} callback ended its process with exit status "
@@ -109,14 +113,16 @@ def spawn_error(
     return error
 
 
-def callback_error(hook: str, errno: int, traceback_text: str, status: int) -> CallbackError:
-    """The error for a failed callback: raised (traceback) or died (status)."""
+def callback_error(hook: str, errno: int, report: str, status: int) -> CallbackError:
+    """The error for a failed callback: raised (a report from
+    _callbacks.format_exception) or ended its process (status)."""
     error = CallbackError(errno or None, "callback failed")
     error.step = error.hook = hook
-    if traceback_text:
+    if report:
+        name, summary, traceback_text = [*report.split("\n", 2), "", ""][:3]
+        error.exception_type = name
+        error.exception_message = summary
         error.child_traceback = traceback_text
-        last = traceback_text.rstrip().rsplit("\n", 1)[-1]
-        error.exception_type = last.split(":", 1)[0]
     else:
         error.exit_status = status
     return error

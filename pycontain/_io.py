@@ -101,12 +101,17 @@ def wrap(
 ) -> IO[Any]:
     """The file object for our end of a pipe, as Popen makes it."""
     mode = "wb" if index == 0 else "rb"
+    line_buffering = False
+    if text and bufsize == 1:
+        # Line buffering is the text layer's; the binary one below it gets
+        # the default buffer, as in Popen.
+        line_buffering, bufsize = True, -1
     raw: IO[Any] = open(fd, mode, bufsize)  # noqa: SIM115 - owned by the Process
     if not text:
         return raw
     if index == 0:
         return io.TextIOWrapper(
-            raw, encoding=encoding, errors=errors, write_through=True, line_buffering=bufsize == 1
+            raw, encoding=encoding, errors=errors, write_through=True, line_buffering=line_buffering
         )
     return io.TextIOWrapper(raw, encoding=encoding, errors=errors)
 
@@ -123,14 +128,16 @@ class Communication:
     # fds still to serve, with the selector event each waits for.
     open_fds: dict[int, int] = field(default_factory=dict)
 
-    def output(self, index: int, stream: IO[Any] | None) -> Any:
-        """All of stdout (index 0) or stderr (1) so far, decoded in text mode."""
+    def output(self, index: int, stream: IO[Any] | None, decode: bool = True) -> Any:
+        """All of stdout (index 0) or stderr (1) so far; decoded in text mode
+        unless ``decode`` is false (partial output may end inside a character,
+        so TimeoutExpired carries bytes, as in subprocess)."""
         fd = self.output_fds[index]
         if fd < 0 or stream is None:
             return None
         data = b"".join(self.chunks[fd])
         encoding = getattr(stream, "encoding", None)
-        if encoding is None:
+        if encoding is None or not decode:
             return data
         # As subprocess does in text mode: decode, then universal newlines.
         text = data.decode(encoding, getattr(stream, "errors", None) or "strict")
@@ -151,6 +158,8 @@ def pump(state: Communication, stdin: IO[Any] | None, deadline: float | None) ->
             timeout = None if deadline is None else deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
                 return False
+            if timeout is not None:
+                timeout = min(timeout, 86400.0)  # poll() takes an int of ms
             for key, _ in selector.select(timeout):
                 fd = key.fd
                 if key.events & selectors.EVENT_WRITE:

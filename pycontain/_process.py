@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import selectors
@@ -126,22 +127,25 @@ class Process:
         _callbacks.check(pre_pivot, pre_exec)
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout!r}")
-        prepared = _spawn.prepare(
-            args,
-            layers=layers,
-            writedir=writedir,
-            workdir=workdir,
-            executable=executable,
-            cwd=cwd,
-            env=env,
-        )
+        # Streams first: a stale fd number given as a stream must fail with
+        # EBADF now, before opening the layers could give the number to one
+        # of pycontain's own fds.
+        streams = _io.open_streams(stdin, stdout, stderr)
+        try:
+            prepared = _spawn.prepare(
+                args,
+                layers=layers,
+                writedir=writedir,
+                workdir=workdir,
+                executable=executable,
+                cwd=cwd,
+                env=env,
+            )
+        except BaseException:
+            streams.close_all()
+            raise
         prepared.settings = checked_settings
         prepared.pass_fds = passed
-        try:
-            streams = _io.open_streams(stdin, stdout, stderr)
-        except BaseException:
-            prepared.release()
-            raise
         prepared.stdio = (streams.child[0], streams.child[1], streams.child[2])
         try:
             self.pid, self._pidfd = _spawn.spawn(
@@ -266,8 +270,12 @@ class Process:
         if state is None:
             state = self._communication = self._start_communication(input)
         if not _io.pump(state, self.stdin, deadline):
-            output, errors = self._collected(state)
-            raise TimeoutExpired(self.args, timeout, output=output, stderr=errors)  # type: ignore[arg-type]
+            raise TimeoutExpired(
+                self.args,
+                timeout,  # type: ignore[arg-type]
+                output=state.output(0, self.stdout, decode=False),
+                stderr=state.output(1, self.stderr, decode=False),
+            )
         output, errors = self._collected(state)
         for stream in (self.stdout, self.stderr):
             if stream is not None:
@@ -403,8 +411,17 @@ def _pass_fds(fds: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted(set(checked)))
 
 
+# poll() takes an int of milliseconds; a longer wait is done in pieces.
+_POLL_MAX_MS = 2**31 - 1
+
+
 def _readable(fd: int, timeout: float | None) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    # poll() takes milliseconds; round up so a short timeout still waits.
-    return bool(poller.poll(None if timeout is None else -(-timeout * 1000 // 1)))
+    if timeout is None:
+        return bool(poller.poll())
+    # Round up, so that a short timeout still waits.
+    milliseconds = (
+        min(math.ceil(timeout * 1000), _POLL_MAX_MS) if timeout < math.inf else _POLL_MAX_MS
+    )
+    return bool(poller.poll(milliseconds))

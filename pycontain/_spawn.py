@@ -393,7 +393,12 @@ def spawn(
     TimeoutExpired.
     """
     settings = prepared.settings
-    timeout_ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
+    # An infinite timeout is none; a finite one is capped at INT_MAX ms
+    # (about 24.8 days), which is what the C side's poll() takes.
+    if timeout is None or timeout == math.inf:
+        timeout_ms = -1
+    else:
+        timeout_ms = min(max(0, math.ceil(timeout * 1000)), 2**31 - 1)
     try:
         return _core.spawn(
             argv=prepared.argv,
