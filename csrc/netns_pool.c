@@ -33,6 +33,7 @@ static _Atomic int slots[POOL_SLOTS] = {
 static _Atomic int target_size;   /* how many to keep ready; 0: pool off */
 static _Atomic pid_t owner;       /* the process the pool belongs to */
 static _Atomic int producer_errno; /* why the producer stopped, or 0 */
+static _Atomic unsigned long taken; /* namespaces handed out, ever */
 static int wake_fd = -1;           /* eventfd: "a slot was emptied" or "stop" */
 static pthread_t producer;
 static int producer_running;
@@ -146,6 +147,7 @@ int pc_netns_pool_take(void)
         int fd = atomic_exchange(&slots[i], -1);
 
         if (fd >= 0) {
+            atomic_fetch_add(&taken, 1);
             (void)!write(wake_fd, &one, sizeof one);
             return fd;
         }
@@ -153,7 +155,7 @@ int pc_netns_pool_take(void)
     return -1; /* empty for now: the caller makes a namespace itself */
 }
 
-int pc_netns_pool_status(unsigned int *size, unsigned int *ready)
+int pc_netns_pool_status(unsigned int *size, unsigned int *ready, unsigned long *handed_out)
 {
     int count = 0;
 
@@ -161,5 +163,6 @@ int pc_netns_pool_status(unsigned int *size, unsigned int *ready)
         count += atomic_load(&slots[i]) >= 0;
     *size = (unsigned int)atomic_load(&target_size);
     *ready = (unsigned int)count;
+    *handed_out = atomic_load(&taken);
     return atomic_load(&producer_errno);
 }

@@ -134,9 +134,10 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
  * that pc_spawn need not create one while the caller waits. Each is used
  * once. Not thread-safe against itself: configure from one thread. */
 int pc_netns_pool_configure(unsigned int size, struct pc_error *err);
-/* The configured size and how many are ready; returns the errno that
- * stopped the pool's thread, or 0. */
-int pc_netns_pool_status(unsigned int *size, unsigned int *ready);
+/* The configured size, how many are ready, and how many were handed out
+ * since the process started; returns the errno that stopped the pool's
+ * thread, or 0. */
+int pc_netns_pool_status(unsigned int *size, unsigned int *ready, unsigned long *handed_out);
 
 /* The fork path, for requests with hooks. A CLONE_VM child must not run
  * arbitrary code (it shares the parent's memory, and locks other threads

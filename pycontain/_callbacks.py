@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from . import _core
+
 # What of a child's traceback reaches the parent: the pipe carries one
 # fixed-size record, so the middle of a very long traceback is cut.
 _DETAIL_LIMIT = 3900
@@ -53,9 +55,11 @@ def _caller_stacklevel() -> int:
 
 def _thread_count() -> int:
     # Threads the OS knows of, not only Python's: a C library's thread
-    # holds locks too.
+    # holds locks too. The network namespace pool's thread takes no lock
+    # (csrc/netns_pool.c), so it does not count.
+    pool_thread = 1 if _core.netns_pool()[0] > 0 else 0
     try:
-        return len(os.listdir("/proc/self/task"))
+        return len(os.listdir("/proc/self/task")) - pool_thread
     except OSError:
         import threading
 

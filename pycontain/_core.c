@@ -413,6 +413,7 @@ static PyObject *core_netns_pool(PyObject *module, PyObject *args)
 {
     int size = -1;
     unsigned int configured, ready;
+    unsigned long handed_out;
     struct pc_error err;
     int stopped;
 
@@ -423,13 +424,14 @@ static PyObject *core_netns_pool(PyObject *module, PyObject *args)
         errno = err.err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    stopped = pc_netns_pool_status(&configured, &ready);
-    return Py_BuildValue("(IIi)", configured, ready, stopped);
+    stopped = pc_netns_pool_status(&configured, &ready, &handed_out);
+    return Py_BuildValue("(IIik)", configured, ready, stopped, handed_out);
 }
 
 static PyMethodDef core_methods[] = {
     {"netns_pool", core_netns_pool, METH_VARARGS,
-     "netns_pool([size]) -> (size, ready, errno): configure (size >= 0) and report the pool"},
+     "netns_pool([size]) -> (size, ready, errno, handed_out): configure (size >= 0) and\n"
+     "report the pool"},
     {"step_names", core_step_names, METH_NOARGS, "step_names() -> tuple of every step's name"},
     {"spawn", (PyCFunction)(void (*)(void))core_spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
     {NULL, NULL, 0, NULL},

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno as errno_module
+from typing import NamedTuple
 
 from . import _core
 
-__all__ = ["netns_pool_status", "set_netns_pool"]
+__all__ = ["NetnsPoolStatus", "netns_pool_status", "set_netns_pool"]
 
 MAX_POOL_SIZE = 16
 
@@ -32,13 +33,21 @@ def set_netns_pool(size: int) -> None:
     _core.netns_pool(size)
 
 
-def netns_pool_status() -> tuple[int, int]:
-    """(configured size, namespaces ready now). Raises OSError if the pool's
-    thread stopped because it could not make a namespace."""
-    size, ready, stopped = _core.netns_pool()
+class NetnsPoolStatus(NamedTuple):
+    size: int  # configured; 0 when off
+    ready: int  # namespaces made and waiting
+    used: int  # namespaces handed to containers since this process started
+
+
+def netns_pool_status() -> NetnsPoolStatus:
+    """The pool's size, how many namespaces are ready and how many were used.
+
+    Raises OSError if the pool's thread stopped because it could not make a
+    namespace (spawns then make their own, as with the pool off)."""
+    size, ready, stopped, used = _core.netns_pool()
     if stopped:
         raise OSError(
             stopped,
             f"pycontain: the network namespace pool stopped: {errno_module.errorcode.get(stopped)}",
         )
-    return size, ready
+    return NetnsPoolStatus(size, ready, used)

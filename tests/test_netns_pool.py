@@ -1,0 +1,132 @@
+"""The network namespace pool: fresh namespaces made ahead, each used once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+from helpers import BB_ENV, TIMEOUT, fd_count, wait_until
+
+import pycontain
+from pycontain import PIPE
+
+
+@pytest.fixture
+def pool():
+    """The pool on (size 2) for one test, and off again afterwards."""
+    pycontain.set_netns_pool(2)
+    assert wait_until(lambda: pycontain.netns_pool_status().ready == 2)
+    yield
+    pycontain.set_netns_pool(0)
+
+
+def net_view(rootfs, **kwargs) -> tuple[str, list[str]]:
+    """(the container's network namespace, its interfaces)."""
+    script = "readlink /proc/self/ns/net; ls /sys/class/net"
+    with pycontain.Process(
+        ["/bin/sh", "-c", script], layers=[rootfs], env=BB_ENV, stdout=PIPE, text=True, **kwargs
+    ) as p:
+        out, _ = p.communicate(timeout=TIMEOUT)
+    assert p.returncode == 0
+    namespace, *interfaces = out.split()
+    return namespace, interfaces
+
+
+def test_pool_is_off_by_default():
+    assert pycontain.netns_pool_status()[:2] == (0, 0)
+
+
+def test_spawns_take_a_fresh_namespace_from_the_pool_each_once(rootfs, pool):
+    host = os.readlink("/proc/self/ns/net")
+    used = pycontain.netns_pool_status().used
+    seen = set()
+    for _ in range(6):
+        namespace, interfaces = net_view(rootfs)
+        # The same isolation as without the pool: a new namespace, only lo.
+        assert interfaces == ["lo"]
+        assert namespace != host
+        seen.add(namespace)
+    assert len(seen) == 6  # never handed out twice
+    # Every spawn took one (the pool refills between them, or the spawn
+    # made its own when it was empty: either way at most 6 were used).
+    assert 1 <= pycontain.netns_pool_status().used - used <= 6
+    assert wait_until(lambda: pycontain.netns_pool_status().ready == 2)
+
+
+def test_netns_pool_false_bypasses_the_pool(rootfs, pool):
+    used = pycontain.netns_pool_status().used
+    _, interfaces = net_view(rootfs, netns_pool=False)
+    assert interfaces == ["lo"]
+    assert pycontain.netns_pool_status().used == used
+
+
+def test_callbacks_make_their_own_namespace(rootfs, pool):
+    used = pycontain.netns_pool_status().used
+    # The pool's thread takes no lock: it is no reason for the multi-thread
+    # warning (the test fails on any warning it would emit).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        _, interfaces = net_view(rootfs, pre_exec=lambda: None)
+    assert interfaces == ["lo"]
+    assert pycontain.netns_pool_status().used == used
+
+
+def test_turning_the_pool_off_releases_its_namespaces(rootfs):
+    before = fd_count()
+    pycontain.set_netns_pool(3)
+    assert wait_until(lambda: pycontain.netns_pool_status().ready == 3)
+    assert fd_count() == before + 3 + 1  # three namespaces and the eventfd
+    pycontain.set_netns_pool(0)
+    assert pycontain.netns_pool_status()[:2] == (0, 0)
+    assert fd_count() == before
+    # Spawning still works, making the namespace at spawn.
+    assert net_view(rootfs)[1] == ["lo"]
+
+
+def test_resizing(rootfs):
+    try:
+        pycontain.set_netns_pool(1)
+        assert wait_until(lambda: pycontain.netns_pool_status().ready == 1)
+        pycontain.set_netns_pool(4)
+        assert wait_until(lambda: pycontain.netns_pool_status().ready == 4)
+        assert pycontain.netns_pool_status().size == 4
+    finally:
+        pycontain.set_netns_pool(0)
+
+
+def test_a_forked_child_starts_with_the_pool_off(pool):
+    # The namespaces in the pool are the parent's to hand out: a child of
+    # os.fork() must not hand out the same ones.
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.write(write_end, repr(tuple(pycontain.netns_pool_status())).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        status = f.read()
+    os.waitpid(pid, 0)
+    assert status.startswith("(0, 0,")
+    assert pycontain.netns_pool_status().size == 2
+
+
+@pytest.mark.parametrize("size, error", [(-1, ValueError), (17, ValueError), ("2", TypeError)])
+def test_bad_sizes(size, error):
+    with pytest.raises(error):
+        pycontain.set_netns_pool(size)
+    assert pycontain.netns_pool_status().size == 0
+
+
+def test_pool_in_a_program_that_exits_without_turning_it_off(rootfs):
+    # The pool's thread must not keep the interpreter from exiting.
+    code = (
+        "import pycontain, sys; pycontain.set_netns_pool(2); "
+        f"p = pycontain.Process(['/bin/true'], layers=[{str(rootfs)!r}], env={{'PATH': '/bin'}}); "
+        "sys.exit(p.wait())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], timeout=TIMEOUT)
+    assert result.returncode == 0
