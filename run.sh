@@ -4,6 +4,8 @@
 #   ./run.sh demo    install pycontain into .venv and run a demo container
 #   ./run.sh test    install what the tests need too, and run the test suite
 #   ./run.sh lint    install the linters and run them (ruff, mypy)
+#   ./run.sh bench   install bubblewrap too, and run bench/spawn.py (extra
+#                    arguments go to it, e.g. --quick)
 #
 # Installs only what is missing: Debian packages with apt-get, Python
 # packages with pip into .venv (so the system Python stays untouched).
@@ -12,9 +14,9 @@ cd "$(dirname "$0")"
 
 task=${1:-}
 case "$task" in
-demo | test | lint) ;;
+demo | test | lint | bench) ;;
 *)
-    echo "usage: ./run.sh demo|test|lint" >&2
+    echo "usage: ./run.sh demo|test|lint|bench [ARGS...]" >&2
     exit 2
     ;;
 esac
@@ -40,8 +42,15 @@ if command -v "$PYTHON" >/dev/null; then
 else
     apt_missing+=(python3 python3-venv python3-dev)
 fi
-# The tests build their container root filesystem from a static busybox.
-[ "$task" != test ] || [ -x /bin/busybox ] || apt_missing+=(busybox-static)
+# The tests and the benchmark build their root filesystem from a static
+# busybox; the benchmark compares with bubblewrap and util-linux's unshare.
+if [ "$task" = test ] || [ "$task" = bench ]; then
+    [ -x /bin/busybox ] || apt_missing+=(busybox-static)
+fi
+if [ "$task" = bench ]; then
+    command -v bwrap >/dev/null || apt_missing+=(bubblewrap)
+    command -v unshare >/dev/null || apt_missing+=(util-linux)
+fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
     echo "run.sh: installing Debian packages: ${apt_missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -61,6 +70,10 @@ test)
     # Warnings are errors in the C code built for the tests.
     PYCONTAIN_WERROR=1 "${pip[@]}" -e '.[test]'
     exec .venv/bin/python -m pytest "${@:2}"
+    ;;
+bench)
+    "${pip[@]}" -e .
+    exec .venv/bin/python bench/spawn.py "${@:2}"
     ;;
 lint)
     PYCONTAIN_WERROR=1 "${pip[@]}" -e '.[dev]'

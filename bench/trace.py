@@ -1,0 +1,135 @@
+"""Where a spawn's time goes: per-step clock stamps from the C core.
+
+    python3 bench/trace.py [--pool] [--rounds N]
+
+Builds a busybox rootfs, then spawns busybox ``true`` N times (each after a
+``subprocess.run`` of the same binary, for comparison), with
+``_core.spawn(..., trace=buf)``: the child stamps CLOCK_MONOTONIC at the end of
+each of its steps into ``buf``, through the memory it shares with the parent.
+Prints the median of each stretch. ``--pool`` turns the network namespace
+pool on. Needs root and /bin/busybox (busybox-static).
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pycontain
+from pycontain import _core, _spawn
+
+# (label, stamp at the start, stamp at the end); "t0", "returned" and
+# "reaped" are taken in Python, the rest by the C core.
+STRETCHES = [
+    ("Python checks + C preparation", "t0", "prepare"),
+    ("clone until the child runs", "prepare", "none"),
+    ("reset signals", "none", "reset-signals"),
+    ("make-private", "reset-signals", "make-private"),
+    ("open layers", "make-private", "open-layer"),
+    ("scratch tmpfs + overlay", "open-layer", "mount-overlay"),
+    ("/proc + /sys", "mount-overlay", "mount-sys"),
+    ("/dev", "mount-sys", "mount-dev"),
+    ("pivot_root + detach old root", "mount-dev", "pivot-root"),
+    ("chdir, stdio, ids, fds", "pivot-root", "close-fds"),
+    ("until execve", "close-fds", "exec"),
+    ("exec until the parent resumes", "exec", "clone"),
+    ("back to Python", "clone", "returned"),
+    ("program runs, exits, is reaped", "returned", "reaped"),
+]
+
+
+def build_rootfs(base: Path) -> Path:
+    busybox = Path("/bin/busybox")
+    if not busybox.is_file():
+        sys.exit("trace.py: /bin/busybox is missing (apt-get install busybox-static)")
+    (base / "bin").mkdir(parents=True)
+    shutil.copy2(busybox, base / "bin" / "busybox")
+    (base / "bin" / "true").symlink_to("busybox")
+    return base
+
+
+def spawn_traced(root: Path) -> dict[str, int]:
+    names = _core.step_names()
+    trace = array.array("Q", [0] * _core.STEP_COUNT)
+    stamps = {"t0": time.monotonic_ns()}
+    prepared = _spawn.prepare(
+        ["/bin/true"],
+        layers=[root],
+        writedir=None,
+        workdir=None,
+        executable=None,
+        cwd=None,
+        env={"PATH": "/bin"},
+    )
+    try:
+        _, pidfd = _core.spawn(
+            argv=prepared.argv,
+            envp=prepared.envp,
+            exec_paths=prepared.exec_paths,
+            cwd=prepared.cwd,
+            layer_paths=[os.path.abspath(layer) for layer in prepared.layers],
+            layer_fds=prepared.layer_fds,
+            upper_path=None,
+            upper_fd=-1,
+            work_path=None,
+            work_fd=-1,
+            scratch_dir=_spawn.scratch_dir(),
+            namespaces=_core.DEFAULT_NAMESPACES,
+            stdio=[-1, -1, -1],
+            pass_fds=[],
+            hostname=None,
+            rlimits=[],
+            groups=None,
+            gid=-1,
+            uid=-1,
+            umask=-1,
+            trace=trace,
+        )
+    finally:
+        prepared.release()
+    stamps["returned"] = time.monotonic_ns()
+    os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+    stamps["reaped"] = time.monotonic_ns()
+    os.close(pidfd)
+    stamps.update({name: trace[index] for index, name in enumerate(names) if trace[index]})
+    return stamps
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pool", action="store_true", help="turn the netns pool on (size 4)")
+    parser.add_argument("--rounds", type=int, default=400)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("trace.py: must run as root")
+    if args.pool:
+        pycontain.set_netns_pool(4)
+        time.sleep(0.1)
+    with tempfile.TemporaryDirectory(prefix="pycontain-trace-") as scratch:
+        root = build_rootfs(Path(scratch))
+        plain, runs = [], []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            subprocess.run([root / "bin" / "true"], check=True)
+            plain.append(time.perf_counter() - start)
+            runs.append(spawn_traced(root))
+    runs, plain = runs[20:], plain[20:]  # warm-up
+    for label, begin, end in STRETCHES:
+        values = [(run[end] - run[begin]) / 1000 for run in runs if begin in run and end in run]
+        print(f"{label:32s} {statistics.median(values):8.1f} us")
+    total = statistics.median([(run["reaped"] - run["t0"]) / 1000 for run in runs])
+    plain_us = statistics.median(plain) * 1e6
+    print(f"{'total':32s} {total:8.1f} us   (subprocess.run: {plain_us:.1f} us)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
