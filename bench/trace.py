@@ -1,13 +1,14 @@
 """Where a spawn's time goes: per-step clock stamps from the C core.
 
-    python3 bench/trace.py [--pool] [--rounds N]
+    python3 bench/trace.py [--no-worker] [--rounds N]
 
 Builds a busybox rootfs, then spawns busybox ``true`` N times (each after a
 ``subprocess.run`` of the same binary, for comparison), with
 ``_core.spawn(..., trace=buf)``: the child stamps CLOCK_MONOTONIC at the end of
 each of its steps into ``buf``, through the memory it shares with the parent.
-Prints the median of each stretch. ``--pool`` turns the network namespace
-pool on. Needs root and /bin/busybox (busybox-static).
+Prints the median of each stretch. ``--no-worker`` turns the namespace
+worker off (no network namespace pool, mounts torn down in the container's
+exit). Needs root and /bin/busybox (busybox-static).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def spawn_traced(root: Path) -> dict[str, int]:
         env={"PATH": "/bin"},
     )
     try:
-        _, pidfd = _core.spawn(
+        _, pidfd, mount_namespace = _core.spawn(
             argv=prepared.argv,
             envp=prepared.envp,
             exec_paths=prepared.exec_paths,
@@ -99,19 +100,25 @@ def spawn_traced(root: Path) -> dict[str, int]:
     os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
     stamps["reaped"] = time.monotonic_ns()
     os.close(pidfd)
+    if mount_namespace >= 0:
+        _core.release(mount_namespace)  # as Process does: unmounts on the worker
     stamps.update({name: trace[index] for index, name in enumerate(names) if trace[index]})
     return stamps
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pool", action="store_true", help="turn the netns pool on (size 4)")
+    parser.add_argument(
+        "--no-worker", action="store_true", help="turn the namespace worker (and pool) off"
+    )
     parser.add_argument("--rounds", type=int, default=400)
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("trace.py: must run as root")
-    if args.pool:
-        pycontain.set_netns_pool(4)
+    if args.no_worker:
+        pycontain.set_netns_pool(0)
+    else:
+        pycontain.set_netns_pool(2)  # the default, started now rather than at the first spawn
         time.sleep(0.1)
     with tempfile.TemporaryDirectory(prefix="pycontain-trace-") as scratch:
         root = build_rootfs(Path(scratch))

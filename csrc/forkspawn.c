@@ -138,6 +138,7 @@ int pc_fork_collect(struct pc_fork_state *state, pid_t helper, int timeout_ms,
         fcntl(pidfd, F_SETFD, FD_CLOEXEC);
         process->pid = pid;
         process->pidfd = pidfd;
+        process->mntns_fd = -1;
         return 0;
     }
     /* It failed, or the pipe closed while it was inside a hook: the hook

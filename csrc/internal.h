@@ -4,7 +4,8 @@
  *   spawn.c    parent side: prepares, clones, collects the child's verdict
  *   forkspawn.c the fork path, for requests with hooks (caller code)
  *   messages.c the error pipe's messages
- *   netns_pool.c fresh network namespaces made ahead of time
+ *   nsworker.c namespace work off the critical path: a pool of network
+ *              namespaces, releasing mount namespaces
  *   clone.c    clone3 with a pidfd and a separate stack, clone(2) fallback
  *   child.c    the child's setup sequence, top to bottom, then exec
  *   rootfs.c   child side: overlay, /proc, /sys, /dev, pivot_root
@@ -52,9 +53,10 @@ struct pc_child_args {
     int netns_fd;         /* a pooled network namespace to join, or -1 */
 };
 
-/* netns_pool.c: a fresh network namespace's fd (close-on-exec), or -1 when
- * the pool is off or empty. */
+/* nsworker.c: a fresh network namespace's fd (close-on-exec), or -1 when
+ * the pool is off or empty; whether the worker runs in this process. */
 int pc_netns_pool_take(void);
+int pc_nsworker_running(void);
 
 /* Record when `step` ended in request->trace_ns, if tracing. The vDSO
  * clock_gettime is async-signal-safe. */

@@ -97,7 +97,7 @@ struct pc_spawn_request {
     long long uid;
     int umask;
 
-    /* Take the new network namespace from the pool (netns_pool.c) when it
+    /* Take the new network namespace from the pool (nsworker.c) when it
      * has one ready; 0: always make it during clone. */
     int use_netns_pool;
 
@@ -118,10 +118,15 @@ struct pc_spawn_request {
 };
 
 /* A started container: its pid in the caller's PID namespace and a pidfd
- * (close-on-exec) for race-free waiting and signalling. */
+ * (close-on-exec) for race-free waiting and signalling. When the namespace
+ * worker runs, also a reference to the container's mount namespace (else
+ * -1): pass it to pc_nsworker_release once the container has been reaped,
+ * so that its mounts are torn down there rather than in the container's
+ * exit, which the caller's wait would pay for. */
 struct pc_process {
     pid_t pid;
     int pidfd;
+    int mntns_fd;
 };
 
 /* Start a container. Returns 0 once the program has been exec'd, or -1 with
@@ -129,11 +134,15 @@ struct pc_process {
 int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
              struct pc_error *err);
 
-/* The network namespace pool (netns_pool.c): keep `size` fresh network
- * namespaces ready (0: off, the default), made by a background thread, so
- * that pc_spawn need not create one while the caller waits. Each is used
- * once. Not thread-safe against itself: configure from one thread. */
+/* The namespace worker (nsworker.c): a background thread that keeps `size`
+ * fresh network namespaces ready (0: no thread), so that pc_spawn need not
+ * create one while the caller waits (each is used once), and releases
+ * mount namespaces handed to it. Not thread-safe against itself: configure
+ * from one thread. */
 int pc_netns_pool_configure(unsigned int size, struct pc_error *err);
+/* Close `fd` (a namespace reference) on the worker; closes it here when the
+ * worker is not running or is behind. Returns 0 when handed over. */
+int pc_nsworker_release(int fd);
 /* The configured size, how many are ready, and how many were handed out
  * since the process started; returns the errno that stopped the pool's
  * thread, or 0. */

@@ -10,6 +10,8 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -19,6 +21,9 @@
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
+#endif
+#ifndef PIDFD_GET_MNT_NAMESPACE
+#define PIDFD_GET_MNT_NAMESPACE _IO(0xFF, 3) /* <linux/pidfd.h>, Linux 6.11 */
 #endif
 
 /* The child's setup needs a few KiB; the guard page below turns an overflow
@@ -102,6 +107,22 @@ int pc_open_error_pipe(int pipe_fds[2], struct pc_error *err)
     return 0;
 }
 
+/* A reference to the container's mount namespace, or -1 (it may already
+ * have exited: then its mounts are gone too). */
+static int mount_namespace_of(pid_t pid, int pidfd)
+{
+    char path[64];
+    int fd = ioctl(pidfd, PIDFD_GET_MNT_NAMESPACE, 0);
+
+    if (fd >= 0) {
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        return fd;
+    }
+    /* Before Linux 6.11. */
+    snprintf(path, sizeof path, "/proc/%d/ns/mnt", (int)pid);
+    return open(path, O_RDONLY | O_CLOEXEC);
+}
+
 int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
              struct pc_error *err)
 {
@@ -181,5 +202,6 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
     }
     process->pid = pid;
     process->pidfd = pidfd;
+    process->mntns_fd = pc_nsworker_running() ? mount_namespace_of(pid, pidfd) : -1;
     return 0;
 }

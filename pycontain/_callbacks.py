@@ -55,8 +55,8 @@ def _caller_stacklevel() -> int:
 
 def _thread_count() -> int:
     # Threads the OS knows of, not only Python's: a C library's thread
-    # holds locks too. The network namespace pool's thread takes no lock
-    # (csrc/netns_pool.c), so it does not count.
+    # holds locks too. The namespace worker thread takes no lock
+    # (csrc/nsworker.c), so it does not count.
     pool_thread = 1 if _core.netns_pool()[0] > 0 else 0
     try:
         return len(os.listdir("/proc/self/task")) - pool_thread

@@ -203,7 +203,7 @@ PyDoc_STRVAR(spawn_doc,
              "      upper_fd, work_path, work_fd, scratch_dir, namespaces, stdio, pass_fds,\n"
              "      hostname, rlimits, groups, gid, uid, umask, force_legacy_clone=False,\n"
              "      trace=None, pre_pivot=None, pre_exec=None, format_exception=None,\n"
-             "      timeout_ms=-1, use_netns_pool=True) -> (pid, pidfd)\n\n"
+             "      timeout_ms=-1, use_netns_pool=True) -> (pid, pidfd, mntns_fd)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
              "None or a list of gids. Raises StepError(step, errno, detail) on failure.\n"
@@ -368,7 +368,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     }
 
     if (rc == 0) {
-        result = Py_BuildValue("(ii)", (int)process.pid, process.pidfd);
+        result = Py_BuildValue("(iii)", (int)process.pid, process.pidfd, process.mntns_fd);
     } else {
         PyObject *error_args = Py_BuildValue("(siyi)", pc_step_name(err.step), (int)err.err,
                                              err.detail, (int)err.status);
@@ -428,7 +428,22 @@ static PyObject *core_netns_pool(PyObject *module, PyObject *args)
     return Py_BuildValue("(IIik)", configured, ready, stopped, handed_out);
 }
 
+static PyObject *core_release(PyObject *module, PyObject *arg)
+{
+    long fd = PyLong_AsLong(arg);
+
+    (void)module;
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd > INT_MAX)
+        return PyErr_Format(PyExc_ValueError, "not an fd: %ld", fd);
+    return PyBool_FromLong(pc_nsworker_release((int)fd) == 0);
+}
+
 static PyMethodDef core_methods[] = {
+    {"release", core_release, METH_O,
+     "release(fd) -> bool: close a namespace reference on the worker thread (True), or\n"
+     "here when it is not running (False)"},
     {"netns_pool", core_netns_pool, METH_VARARGS,
      "netns_pool([size]) -> (size, ready, errno, handed_out): configure (size >= 0) and\n"
      "report the pool"},

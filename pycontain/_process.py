@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any
 
-from . import _callbacks, _io, _spawn
+from . import _callbacks, _core, _io, _netns, _spawn
 from ._errors import TimeoutExpired
 from ._spawn import Env, StrOrBytesPath
 
@@ -50,8 +50,9 @@ class Process:
     ``hostname``, ``rlimits``, ``groups``, ``gid``, ``uid`` and ``umask`` are
     applied inside the container by the C core. ``pre_pivot``/``pre_exec``
     are Python callbacks run during set-up (docs/callbacks.md); ``timeout``
-    bounds the whole spawn. ``netns_pool=False`` makes the network namespace
-    at spawn even when :func:`pycontain.set_netns_pool` has some ready.
+    bounds the whole spawn. The new network namespace comes from a pool made
+    ahead of time (:func:`pycontain.set_netns_pool`) when it has one ready;
+    ``netns_pool=False`` makes it during the spawn instead.
 
     Raises ``ValueError``/``TypeError`` for bad arguments, an ``OSError``
     subclass naming the directory for a missing or non-directory layer, and a
@@ -64,6 +65,7 @@ class Process:
     pid: int | None = None
     returncode: int | None = None
     _pidfd: int = -1
+    _mntns_fd: int = -1
     _workdir: bytes | None = None
     _writedir_key: tuple[int, int] | None = None
 
@@ -147,8 +149,10 @@ class Process:
         prepared.settings = checked_settings
         prepared.pass_fds = passed
         prepared.stdio = (streams.child[0], streams.child[1], streams.child[2])
+        if netns_pool:
+            _netns.ensure_pool()
         try:
-            self.pid, self._pidfd = _spawn.spawn(
+            self.pid, self._pidfd, self._mntns_fd = _spawn.spawn(
                 prepared,
                 force_legacy_clone=_force_legacy_clone,
                 hooks=_callbacks.spawn_arguments(pre_pivot, pre_exec),
@@ -248,6 +252,17 @@ class Process:
         if self.returncode is not None and self._users == 0 and self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
+            if self._mntns_fd >= 0:
+                # The last reference to the container's mounts: unmounting
+                # them happens on the worker thread, not in this wait().
+                # Not with a writedir: its overlay must be gone before the
+                # writedir is free for another container and its work
+                # directory is removed.
+                if self._writedir_key is None:
+                    _core.release(self._mntns_fd)
+                else:
+                    os.close(self._mntns_fd)
+                self._mntns_fd = -1
             _spawn.remove_workdir(self._workdir)
             self._workdir = None
             _spawn.release_writedir(self._writedir_key)

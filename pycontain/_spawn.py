@@ -330,6 +330,8 @@ def prepare(
 def _check_layers_apart(layers: list[bytes]) -> None:
     # Overlayfs refuses a layer that is, or is inside, another layer (with a
     # bare ELOOP): say so in words before anything starts.
+    if len(layers) < 2:
+        return
     real = [os.path.realpath(layer) for layer in layers]
     for i, outer in enumerate(real):
         for j, inner in enumerate(real):
@@ -385,8 +387,12 @@ def spawn(
     timeout: float | None = None,
     args: object = None,
     netns_pool: bool = True,
-) -> tuple[int, int]:
-    """Start the container; returns (pid, pidfd) or raises SpawnError.
+) -> tuple[int, int, int]:
+    """Start the container; returns (pid, pidfd, mntns_fd) or raises SpawnError.
+
+    mntns_fd (-1 when the namespace worker does not run) keeps the
+    container's mount namespace: release it with _core.release after the
+    container has been reaped.
 
     ``hooks`` (from _callbacks.spawn_arguments) or a ``timeout`` take the
     fork path; a spawn that outlives ``timeout`` is killed and raises

@@ -73,3 +73,16 @@ def host_root() -> str:
 def legacy(request: pytest.FixtureRequest) -> bool:
     """Run a test with both the clone3 path and the clone(2) fallback."""
     return request.param
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _netns_pool_off() -> None:
+    """The network namespace pool off, except in tests/test_netns_pool.py.
+
+    Its thread refills the pool right after each spawn, so the number of fds
+    this process has open (one per ready namespace) moves under the tests
+    that count fds. Its own tests turn it on, and check the default.
+    """
+    import pycontain
+
+    pycontain.set_netns_pool(0)

@@ -35,8 +35,32 @@ def net_view(rootfs, **kwargs) -> tuple[str, list[str]]:
     return namespace, interfaces
 
 
-def test_pool_is_off_by_default():
-    assert pycontain.netns_pool_status()[:2] == (0, 0)
+def test_by_default_the_first_spawn_starts_a_pool_of_two(rootfs):
+    # In a fresh interpreter: importing starts nothing, the first spawn
+    # starts the pool; PYCONTAIN_NETNS_POOL sets its size (0: off).
+    code = (
+        "import os, time, pycontain\n"
+        "print(tuple(pycontain.netns_pool_status())[:2], len(os.listdir('/proc/self/task')))\n"
+        f"p = pycontain.Process(['/bin/true'], layers=[{str(rootfs)!r}], env={{'PATH': '/bin'}})\n"
+        "p.wait()\n"
+        "deadline = time.monotonic() + 10\n"
+        "while pycontain.netns_pool_status().ready < pycontain.netns_pool_status().size:\n"
+        "    assert time.monotonic() < deadline\n"
+        "    time.sleep(0.01)\n"
+        "print(tuple(pycontain.netns_pool_status())[:2], len(os.listdir('/proc/self/task')))\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "PYCONTAIN_NETNS_POOL"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["(0, 0) 1", "(2, 2) 2"]
+    environ["PYCONTAIN_NETNS_POOL"] = "0"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["(0, 0) 1", "(0, 0) 1"]
 
 
 def test_spawns_take_a_fresh_namespace_from_the_pool_each_once(rootfs, pool):
@@ -99,7 +123,8 @@ def test_resizing(rootfs):
 
 def test_a_forked_child_starts_with_the_pool_off(pool):
     # The namespaces in the pool are the parent's to hand out: a child of
-    # os.fork() must not hand out the same ones.
+    # os.fork() must not hand out the same ones (it starts its own pool at
+    # its first spawn).
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -121,6 +146,19 @@ def test_bad_sizes(size, error):
     assert pycontain.netns_pool_status().size == 0
 
 
+def test_bad_size_in_the_environment():
+    environ = {**os.environ, "PYCONTAIN_NETNS_POOL": "lots"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import pycontain"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode != 0
+    assert "PYCONTAIN_NETNS_POOL" in result.stderr
+
+
 def test_pool_in_a_program_that_exits_without_turning_it_off(rootfs):
     # The pool's thread must not keep the interpreter from exiting.
     code = (
@@ -130,3 +168,31 @@ def test_pool_in_a_program_that_exits_without_turning_it_off(rootfs):
     )
     result = subprocess.run([sys.executable, "-c", code], timeout=TIMEOUT)
     assert result.returncode == 0
+
+
+def test_the_worker_releases_mount_namespaces_after_wait(rootfs, pool):
+    # With the worker on, wait() leaves unmounting the container to it: the
+    # reference it held is closed soon after, so nothing accumulates.
+    def settled() -> bool:
+        status = pycontain.netns_pool_status()
+        return status.ready == status.size and fd_count() == baseline
+
+    baseline = fd_count()
+    for _ in range(20):
+        with pycontain.Process(["/bin/true"], layers=[rootfs], env=BB_ENV) as p:
+            assert p.wait(timeout=TIMEOUT) == 0
+    assert wait_until(settled, timeout=10)
+
+
+def test_a_writedir_is_unmounted_before_wait_returns(rootfs, pool, tmp_path):
+    # A writedir's overlay is torn down in wait() itself, worker or not: its
+    # work directory is removed and the writedir is free right away.
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    for round in range(3):
+        with pycontain.Process(
+            ["/bin/sh", "-c", f"echo {round} > /f"], layers=[rootfs], writedir=upper, env=BB_ENV
+        ) as p:
+            assert p.wait(timeout=TIMEOUT) == 0
+        assert sorted(os.listdir(tmp_path)) == ["upper"]
+        assert (upper / "f").read_text() == f"{round}\n"
