@@ -3,7 +3,7 @@
 #
 #   ./run.sh demo    install pycontain into .venv and run a demo container
 #   ./run.sh test    install what the tests need too, and run the test suite
-#   ./run.sh lint    install the linters and run them (ruff, mypy)
+#   ./run.sh lint    install the linters and run them (ruff, mypy, clang-format)
 #   ./run.sh bench   install bubblewrap too, and run bench/spawn.py (extra
 #                    arguments go to it, e.g. --quick)
 #
@@ -80,5 +80,6 @@ lint)
     .venv/bin/ruff check pycontain tests bench
     .venv/bin/ruff format --check pycontain tests bench
     .venv/bin/mypy
+    .venv/bin/clang-format --dry-run --Werror csrc/*.c csrc/*.h pycontain/_core.c
     ;;
 esac

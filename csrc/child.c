@@ -97,11 +97,11 @@ static int run_hook(const struct pc_child_args *args, enum pc_hook hook, struct 
 }
 
 /* One step: run it, and on success note when it ended (for benchmarks). */
-#define STEP(step, call)                 \
-    do {                                 \
-        if ((call) < 0)                  \
-            return -1;                   \
-        pc_trace(request, (step));       \
+#define STEP(step, call)                                                                           \
+    do {                                                                                           \
+        if ((call) < 0)                                                                            \
+            return -1;                                                                             \
+        pc_trace(request, (step));                                                                 \
     } while (0)
 
 static int run_steps(const struct pc_child_args *args, struct pc_error *err)

@@ -19,8 +19,8 @@
 enum pc_step {
     PC_STEP_NONE = 0,
     /* parent side */
-    PC_STEP_PREPARE,      /* building overlay options, stack, pipe */
-    PC_STEP_CLONE,        /* clone3 / clone with the namespace flags */
+    PC_STEP_PREPARE, /* building overlay options, stack, pipe */
+    PC_STEP_CLONE,   /* clone3 / clone with the namespace flags */
     /* child side, see child.c */
     PC_STEP_SIGNALS,      /* resetting signal dispositions */
     PC_STEP_JOIN_NETNS,   /* setns into a pooled network namespace */
@@ -48,8 +48,8 @@ enum pc_step {
     /* hooks (fork path) */
     PC_STEP_PRE_PIVOT,
     PC_STEP_PRE_EXEC,
-    PC_STEP_TIMEOUT,  /* the spawn took longer than its timeout */
-    PC_STEP_UNSHARE,  /* the fork path's helper entering the namespaces */
+    PC_STEP_TIMEOUT, /* the spawn took longer than its timeout */
+    PC_STEP_UNSHARE, /* the fork path's helper entering the namespaces */
     PC_STEP_COUNT
 };
 

@@ -108,7 +108,10 @@ int pc_fork_collect(struct pc_fork_state *state, pid_t helper, int timeout_ms,
     pc_overlay_release(&state->overlay);
     /* EOF comes when the helper has exited and the container's process has
      * exec'd or died; a read of nothing before then just waits. */
-    outcome = pc_read_messages(state->pipe_fds[0], timeout_ms < 0 ? -1 : timeout_ms == 0 ? 1 : timeout_ms,
+    outcome = pc_read_messages(state->pipe_fds[0],
+                               timeout_ms < 0    ? -1
+                               : timeout_ms == 0 ? 1
+                                                 : timeout_ms,
                                &pid, &hook, err);
     read_errno = errno;
     close(state->pipe_fds[0]);

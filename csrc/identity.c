@@ -33,8 +33,7 @@ int pc_identity_apply(const struct pc_spawn_request *request, struct pc_error *e
         if (setrlimit(limit->resource, &value) < 0)
             return pc_fail(err, PC_STEP_RLIMIT, errno, NULL);
     }
-    if (request->set_groups &&
-        syscall(SYS_setgroups, request->group_count, request->groups) < 0)
+    if (request->set_groups && syscall(SYS_setgroups, request->group_count, request->groups) < 0)
         return pc_fail(err, PC_STEP_SETGROUPS, errno, NULL);
     if (request->gid >= 0 &&
         syscall(SYS_setresgid, (gid_t)request->gid, (gid_t)request->gid, (gid_t)request->gid) < 0)

@@ -65,8 +65,8 @@ static inline void pc_trace(const struct pc_spawn_request *request, enum pc_step
     struct timespec now;
 
     if (request->trace_ns != NULL && clock_gettime(CLOCK_MONOTONIC, &now) == 0)
-        request->trace_ns[step] = (unsigned long long)now.tv_sec * 1000000000ULL +
-                                  (unsigned long long)now.tv_nsec;
+        request->trace_ns[step] =
+            (unsigned long long)now.tv_sec * 1000000000ULL + (unsigned long long)now.tv_nsec;
 }
 
 /* overlay.c (parent side): reserve the scratch fd and build the mount's

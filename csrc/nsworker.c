@@ -32,7 +32,7 @@
 
 #include "internal.h"
 
-#define POOL_SLOTS 16
+#define POOL_SLOTS    16
 #define RELEASE_SLOTS 64
 
 /* A pool slot holds an fd and its namespace's inode number in one atomic

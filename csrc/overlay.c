@@ -57,11 +57,11 @@ int pc_overlay_prepare(const struct pc_spawn_request *request, struct pc_overlay
         too_long = append(overlay->options, sizeof overlay->options, &used,
                           ",upperdir=%d,workdir=%d", request->upper_fd, request->work_fd);
     else
-        too_long = append(overlay->options, sizeof overlay->options, &used,
-                          ",upperdir=%d/upper,workdir=%d/work", overlay->scratch_fd,
-                          overlay->scratch_fd);
-    too_long = too_long || append(overlay->target, sizeof overlay->target, &target_used,
-                                  "%d/root", overlay->scratch_fd);
+        too_long =
+            append(overlay->options, sizeof overlay->options, &used,
+                   ",upperdir=%d/upper,workdir=%d/work", overlay->scratch_fd, overlay->scratch_fd);
+    too_long = too_long || append(overlay->target, sizeof overlay->target, &target_used, "%d/root",
+                                  overlay->scratch_fd);
     if (too_long) {
         pc_overlay_release(overlay);
         return pc_fail(err, PC_STEP_PREPARE, E2BIG, "overlay options");

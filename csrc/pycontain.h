@@ -17,7 +17,7 @@
 #include "error.h"
 
 /* Which namespaces a container gets: CLONE_NEW* flags from <sched.h>. */
-#define PC_DEFAULT_NAMESPACES \
+#define PC_DEFAULT_NAMESPACES                                                                      \
     (CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC)
 
 /* Points in the child's sequence where caller code may run. */

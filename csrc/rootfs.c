@@ -137,15 +137,15 @@ static const struct device {
     const char *path;
     unsigned int major, minor;
 } devices[] = {
-    {"/dev/null", 1, 3},    {"/dev/zero", 1, 5},    {"/dev/full", 1, 7},
-    {"/dev/random", 1, 8},  {"/dev/urandom", 1, 9}, {"/dev/tty", 5, 0},
+    {"/dev/null", 1, 3},   {"/dev/zero", 1, 5},    {"/dev/full", 1, 7},
+    {"/dev/random", 1, 8}, {"/dev/urandom", 1, 9}, {"/dev/tty", 5, 0},
 };
 
 static const struct link {
     const char *target, *path;
 } dev_links[] = {
-    {"/proc/self/fd", "/dev/fd"},           {"/proc/self/fd/0", "/dev/stdin"},
-    {"/proc/self/fd/1", "/dev/stdout"},     {"/proc/self/fd/2", "/dev/stderr"},
+    {"/proc/self/fd", "/dev/fd"},       {"/proc/self/fd/0", "/dev/stdin"},
+    {"/proc/self/fd/1", "/dev/stdout"}, {"/proc/self/fd/2", "/dev/stderr"},
     {"pts/ptmx", "/dev/ptmx"},
 };
 
@@ -158,7 +158,8 @@ int pc_rootfs_mount_dev(struct pc_error *err)
     if (mount("tmpfs", "dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755") < 0)
         return pc_fail(err, PC_STEP_MOUNT_DEV, errno, "/dev");
     for (size_t i = 0; i < sizeof devices / sizeof devices[0]; i++)
-        if (mknod(devices[i].path + 1, S_IFCHR | 0666, makedev(devices[i].major, devices[i].minor)) < 0)
+        if (mknod(devices[i].path + 1, S_IFCHR | 0666,
+                  makedev(devices[i].major, devices[i].minor)) < 0)
             return pc_fail(err, PC_STEP_MKNOD, errno, devices[i].path);
     for (size_t i = 0; i < sizeof dev_links / sizeof dev_links[0]; i++)
         if (symlink(dev_links[i].target, dev_links[i].path + 1) < 0)

@@ -63,7 +63,8 @@ static char *child_stack(int *cached)
     if (*cached && (base = pthread_getspecific(stack_key)) != NULL)
         return base + stack_guard_size;
     mapped = (size_t)sysconf(_SC_PAGESIZE) + CHILD_STACK_SIZE;
-    base = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    base =
+        mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
     if (base == MAP_FAILED)
         return NULL;
     if (mprotect(base, mapped - CHILD_STACK_SIZE, PROT_NONE) < 0 ||
@@ -167,8 +168,8 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
     sigfillset(&all_signals);
     pthread_sigmask(SIG_SETMASK, &all_signals, &child_args.parent_mask);
     pc_trace(request, PC_STEP_PREPARE);
-    pid = pc_clone(namespaces, pc_child_main, &child_args, stack,
-                   CHILD_STACK_SIZE, &pidfd, request->force_legacy_clone);
+    pid = pc_clone(namespaces, pc_child_main, &child_args, stack, CHILD_STACK_SIZE, &pidfd,
+                   request->force_legacy_clone);
     clone_errno = errno;
     pc_trace(request, PC_STEP_CLONE);
     pthread_sigmask(SIG_SETMASK, &child_args.parent_mask, NULL);

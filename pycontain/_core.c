@@ -102,7 +102,8 @@ static int convert_optional_bytes(PyObject *value, void *out)
         return 1;
     }
     if (!PyBytes_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "expected bytes or None, not %.100s", Py_TYPE(value)->tp_name);
+        PyErr_Format(PyExc_TypeError, "expected bytes or None, not %.100s",
+                     Py_TYPE(value)->tp_name);
         return 0;
     }
     if ((size_t)PyBytes_GET_SIZE(value) != strlen(PyBytes_AS_STRING(value))) {
@@ -123,7 +124,7 @@ static int convert_optional_bytes(PyObject *value, void *out)
  * sequence then reports it and exits, so control never returns into the
  * parent's Python code paths. */
 struct python_hooks {
-    PyObject *callables[2]; /* indexed by enum pc_hook; NULL: none */
+    PyObject *callables[2];     /* indexed by enum pc_hook; NULL: none */
     PyObject *format_exception; /* exc -> (errno, bytes) */
     PyThreadState *thread_state;
 };
@@ -133,7 +134,8 @@ static void record_exception(struct python_hooks *hooks, enum pc_hook hook, stru
     enum pc_step step = hook == PC_HOOK_PRE_PIVOT ? PC_STEP_PRE_PIVOT : PC_STEP_PRE_EXEC;
     PyObject *type, *value, *traceback, *formatted;
     /* In the report format of pycontain._callbacks.format_exception. */
-    const char *text = "BaseException\nthe callback raised an exception that could not be formatted\n";
+    const char *text =
+        "BaseException\nthe callback raised an exception that could not be formatted\n";
     int errnum = 0;
 
     PyErr_Fetch(&type, &value, &traceback);
@@ -192,10 +194,8 @@ static int spawn_forked(const struct pc_spawn_request *request, struct python_ho
         pc_fork_abandon(&state);
         return pc_fail(err, PC_STEP_CLONE, fork_errno, "fork");
     }
-    Py_BEGIN_ALLOW_THREADS
-    rc = pc_fork_collect(&state, helper, timeout_ms, process, err);
-    Py_END_ALLOW_THREADS
-    return rc;
+    Py_BEGIN_ALLOW_THREADS rc = pc_fork_collect(&state, helper, timeout_ms, process, err);
+    Py_END_ALLOW_THREADS return rc;
 }
 
 PyDoc_STRVAR(spawn_doc,
@@ -214,12 +214,34 @@ PyDoc_STRVAR(spawn_doc,
 
 static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"argv", "envp", "exec_paths", "cwd", "layer_paths", "layer_fds",
-                               "upper_path", "upper_fd", "work_path", "work_fd", "scratch_dir",
-                               "namespaces", "stdio", "pass_fds", "hostname", "rlimits",
-                               "groups", "gid", "uid", "umask", "force_legacy_clone", "trace",
-                               "pre_pivot", "pre_exec", "format_exception", "timeout_ms",
-                               "use_netns_pool", NULL};
+    static char *keywords[] = {"argv",
+                               "envp",
+                               "exec_paths",
+                               "cwd",
+                               "layer_paths",
+                               "layer_fds",
+                               "upper_path",
+                               "upper_fd",
+                               "work_path",
+                               "work_fd",
+                               "scratch_dir",
+                               "namespaces",
+                               "stdio",
+                               "pass_fds",
+                               "hostname",
+                               "rlimits",
+                               "groups",
+                               "gid",
+                               "uid",
+                               "umask",
+                               "force_legacy_clone",
+                               "trace",
+                               "pre_pivot",
+                               "pre_exec",
+                               "format_exception",
+                               "timeout_ms",
+                               "use_netns_pool",
+                               NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *rlimit_list;
     PyObject *group_list, *result = NULL, *trace = Py_None;
     PyObject *pre_pivot = Py_None, *pre_exec = Py_None, *format_exception = Py_None;
@@ -281,8 +303,9 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
         goto done;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rlimit_list); i++)
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(rlimit_list, i), "iKK;rlimits items are (resource, soft, hard)",
-                              &rlimits[i].resource, &rlimits[i].soft, &rlimits[i].hard))
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(rlimit_list, i),
+                              "iKK;rlimits items are (resource, soft, hard)", &rlimits[i].resource,
+                              &rlimits[i].soft, &rlimits[i].hard))
             goto done;
     if (group_list != Py_None) {
         if (!PyList_Check(group_list)) {
@@ -309,8 +332,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
         if (PyObject_GetBuffer(trace, &trace_buffer, PyBUF_WRITABLE) < 0)
             goto done;
         if ((size_t)trace_buffer.len < PC_STEP_COUNT * sizeof(unsigned long long)) {
-            PyErr_Format(PyExc_ValueError, "trace must hold %d unsigned long longs",
-                         PC_STEP_COUNT);
+            PyErr_Format(PyExc_ValueError, "trace must hold %d unsigned long longs", PC_STEP_COUNT);
             goto done;
         }
         request.trace_ns = trace_buffer.buf;
@@ -362,8 +384,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     if (request.hooks != NULL || timeout_ms >= 0) {
         rc = spawn_forked(&request, &python_hooks, timeout_ms, &process, &err);
     } else {
-        Py_BEGIN_ALLOW_THREADS
-        rc = pc_spawn(&request, &process, &err);
+        Py_BEGIN_ALLOW_THREADS rc = pc_spawn(&request, &process, &err);
         Py_END_ALLOW_THREADS
     }
 
