@@ -4,6 +4,7 @@
 #   ./run.sh demo    install pycontain into .venv and run a demo container
 #   ./run.sh test    install what the tests need too, and run the test suite
 #   ./run.sh lint    install the linters and run them (ruff, mypy, clang-format)
+#   ./run.sh sanitize  the test suite against a UBSan build of the C code
 #   ./run.sh bench   install bubblewrap too, and run bench/spawn.py (extra
 #                    arguments go to it, e.g. --quick)
 #
@@ -14,9 +15,9 @@ cd "$(dirname "$0")"
 
 task=${1:-}
 case "$task" in
-demo | test | lint | bench) ;;
+demo | test | lint | sanitize | bench) ;;
 *)
-    echo "usage: ./run.sh demo|test|lint|bench [ARGS...]" >&2
+    echo "usage: ./run.sh demo|test|lint|sanitize|bench [ARGS...]" >&2
     exit 2
     ;;
 esac
@@ -44,7 +45,7 @@ else
 fi
 # The tests and the benchmark build their root filesystem from a static
 # busybox; the benchmark compares with bubblewrap and util-linux's unshare.
-if [ "$task" = test ] || [ "$task" = bench ]; then
+if [ "$task" = test ] || [ "$task" = sanitize ] || [ "$task" = bench ]; then
     [ -x /bin/busybox ] || apt_missing+=(busybox-static)
 fi
 if [ "$task" = bench ]; then
@@ -75,10 +76,21 @@ bench)
     "${pip[@]}" -e .
     exec .venv/bin/python bench/spawn.py "${@:2}"
     ;;
+sanitize)
+    # The extension built in place with UBSan (aborting on the first error),
+    # its runtime preloaded into the interpreter, which was not built with it.
+    "${pip[@]}" -e '.[test]'
+    PYCONTAIN_WERROR=1 PYCONTAIN_SANITIZE=1 .venv/bin/python setup.py -q build_ext --inplace --force
+    status=0
+    LD_PRELOAD="$(cc -print-file-name=libubsan.so)" .venv/bin/python -m pytest "${@:2}" || status=$?
+    # Leave the normal build in place again.
+    PYCONTAIN_WERROR=1 .venv/bin/python setup.py -q build_ext --inplace --force
+    exit $status
+    ;;
 lint)
     PYCONTAIN_WERROR=1 "${pip[@]}" -e '.[dev]'
-    .venv/bin/ruff check pycontain tests bench
-    .venv/bin/ruff format --check pycontain tests bench
+    .venv/bin/ruff check pycontain tests bench setup.py
+    .venv/bin/ruff format --check pycontain tests bench setup.py
     .venv/bin/mypy
     .venv/bin/clang-format --dry-run --Werror csrc/*.c csrc/*.h pycontain/_core.c
     ;;
