@@ -71,29 +71,7 @@ def spawn_traced(root: Path) -> dict[str, int]:
         env={"PATH": "/bin"},
     )
     try:
-        _, pidfd, mount_namespace = _core.spawn(
-            argv=prepared.argv,
-            envp=prepared.envp,
-            exec_paths=prepared.exec_paths,
-            cwd=prepared.cwd,
-            layer_paths=[os.path.abspath(layer) for layer in prepared.layers],
-            layer_fds=prepared.layer_fds,
-            upper_path=None,
-            upper_fd=-1,
-            work_path=None,
-            work_fd=-1,
-            scratch_dir=_spawn.scratch_dir(),
-            namespaces=_core.DEFAULT_NAMESPACES,
-            stdio=[-1, -1, -1],
-            pass_fds=[],
-            hostname=None,
-            rlimits=[],
-            groups=None,
-            gid=-1,
-            uid=-1,
-            umask=-1,
-            trace=trace,
-        )
+        _, pidfd, mount_namespace = _spawn.spawn(prepared, trace=trace)
     finally:
         prepared.release()
     stamps["returned"] = time.monotonic_ns()

@@ -387,12 +387,13 @@ def spawn(
     timeout: float | None = None,
     args: object = None,
     netns_pool: bool = True,
+    trace: Any = None,
 ) -> tuple[int, int, int]:
     """Start the container; returns (pid, pidfd, mntns_fd) or raises SpawnError.
 
     mntns_fd (-1 when the namespace worker does not run) keeps the
     container's mount namespace: release it with _core.release after the
-    container has been reaped.
+    container has been reaped. ``trace``: see _core.spawn (bench/trace.py).
 
     ``hooks`` (from _callbacks.spawn_arguments) or a ``timeout`` take the
     fork path; a spawn that outlives ``timeout`` is killed and raises
@@ -432,6 +433,7 @@ def spawn(
             force_legacy_clone=force_legacy_clone,
             timeout_ms=timeout_ms,
             use_netns_pool=netns_pool,
+            trace=trace,
             **(hooks or {}),
         )
     except _core.StepError as failure:

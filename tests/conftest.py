@@ -75,6 +75,17 @@ def legacy(request: pytest.FixtureRequest) -> bool:
     return request.param
 
 
+@pytest.fixture
+def no_leaks():
+    """Checks that a test leaves no fd and no child process behind."""
+    from helpers import child_pids, fd_count
+
+    fds, children = fd_count(), child_pids()
+    yield
+    assert fd_count() == fds
+    assert child_pids() <= children
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _netns_pool_off() -> None:
     """The network namespace pool off, except in tests/test_netns_pool.py.

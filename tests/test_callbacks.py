@@ -21,7 +21,7 @@ import time
 import warnings
 
 import pytest
-from helpers import BB_ENV, TIMEOUT, child_pids, fd_count
+from helpers import BB_ENV, TIMEOUT
 
 import pycontain
 from pycontain import PIPE, _spawn  # _spawn: only for scratch_dir(), pre_pivot's cwd
@@ -71,14 +71,6 @@ def host_dir():
         for name in os.listdir(path):
             os.unlink(os.path.join(path, name))
         os.rmdir(path)
-
-
-@pytest.fixture
-def no_leaks():
-    fds, children = fd_count(), child_pids()
-    yield
-    assert fd_count() == fds
-    assert child_pids() <= children
 
 
 def single_threaded() -> bool:

@@ -19,7 +19,7 @@ import time
 import warnings
 
 import pytest
-from helpers import BB_ENV, TIMEOUT, child_pids, fd_count, is_gone
+from helpers import BB_ENV, TIMEOUT, is_gone
 
 import pycontain
 from pycontain import DEVNULL, PIPE, STDOUT
@@ -40,15 +40,6 @@ def sh(rootfs, script, **kwargs):
 def readable(stream, timeout: float) -> bool:
     ready, _, _ = select.select([stream], [], [], timeout)
     return bool(ready)
-
-
-@pytest.fixture
-def no_leaks():
-    """Checks that a test leaves no fd and no child process behind."""
-    fds, children = fd_count(), child_pids()
-    yield
-    assert fd_count() == fds
-    assert child_pids() <= children
 
 
 # -- the constants --------------------------------------------------------------

@@ -9,7 +9,7 @@ import socket
 import warnings
 
 import pytest
-from helpers import BB_ENV, TIMEOUT, child_pids, fd_count
+from helpers import BB_ENV, TIMEOUT
 
 import pycontain
 from pycontain import PIPE
@@ -24,14 +24,6 @@ def out_of(rootfs, script, **kwargs) -> str:
         out, err = p.communicate(timeout=TIMEOUT)
     assert (p.returncode, err) == (0, "")
     return out
-
-
-@pytest.fixture
-def no_leaks():
-    fds, children = fd_count(), child_pids()
-    yield
-    assert fd_count() == fds
-    assert child_pids() <= children
 
 
 def status_fields(text: str) -> dict[str, list[str]]:
