@@ -55,7 +55,7 @@ struct pc_spawn_request {
      * child reopens each path in its own mount namespace (overlayfs only
      * takes directories of the mounting namespace), checks that it is still
      * the same directory, and puts it on the same fd number; overlayfs is
-     * then told /proc/self/fd/N, so no path needs escaping. */
+     * then told the fd number, relative to /proc/self/fd (overlay.c). */
     const char *const *layer_paths;
     const int *layer_fds;
     size_t layer_count;

@@ -32,8 +32,9 @@ _DETAIL_CUT = 3979
 
 # Candidates for the directory over which the child mounts its private
 # tmpfs; any existing directory other than /proc works, since layers are
-# named by fd (see csrc/overlay.c).
-_SCRATCH_CANDIDATES = (b"/tmp", b"/mnt", b"/run", b"/var/tmp", b"/srv", b"/opt")
+# named by fd (see csrc/overlay.c). Its host contents are hidden from a
+# pre_pivot callback, so the first is one that is usually empty.
+_SCRATCH_CANDIDATES = (b"/mnt", b"/tmp", b"/var/tmp", b"/srv", b"/opt", b"/run")
 _scratch_dir: bytes | None = None
 
 

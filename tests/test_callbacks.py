@@ -116,7 +116,7 @@ def test_pre_pivot_runs_in_the_future_root_before_pivot_root(rootfs, host_dir, q
         facts = json.load(f)
     assert facts["pid"] == 1
     assert facts["cwd"] == os.path.join(os.fsdecode(_spawn.scratch_dir()), "root")
-    assert facts["cwd"] == "/tmp/root" or not os.path.isdir("/tmp")
+    assert facts["cwd"] == "/mnt/root" or not os.path.isdir("/mnt")
     # "." is the overlay: the busybox layer plus the mounted /proc, /sys, /dev.
     assert facts["here"] == ["bin", "dev", "proc", "sys"]
     assert facts["busybox"] is True
@@ -128,22 +128,20 @@ def test_pre_pivot_runs_in_the_future_root_before_pivot_root(rootfs, host_dir, q
     assert {"null", "zero", "urandom", "pts", "shm"} <= set(facts["dev_null"])
 
 
-def test_pre_pivot_host_tmp_is_covered_by_the_scratch_tmpfs(rootfs, host_dir, tmp_path, quiet):
-    """pre_pivot sees the host's "/", except the scratch directory (/tmp here):
-    the container's private tmpfs is already mounted over it. pytest's tmp_path
-    lives there, so it is invisible to pre_pivot (while host_dir is not)."""
-    if not str(tmp_path).startswith(os.fsdecode(_spawn.scratch_dir()) + "/"):
-        pytest.skip("tmp_path is not under the scratch directory here")
-    (tmp_path / "hidden").write_text("x")
-    report = os.path.join(host_dir, "seen")
+def test_pre_pivot_sees_the_host_except_the_scratch_directory(rootfs, tmp_path, quiet):
+    """pre_pivot sees the host's "/" (here the test's tmp_path), except the
+    scratch directory (/mnt here): the container's private tmpfs, holding the
+    overlay's upper, work and mount point directories, is mounted over it."""
+    scratch = os.fsdecode(_spawn.scratch_dir())
+    (tmp_path / "visible").write_text("x")
+    report = tmp_path / "seen"
 
     def pre_pivot():
-        with open(report, "w") as f:
-            f.write(repr(os.path.exists(tmp_path / "hidden")))
+        seen = [os.path.exists(tmp_path / "visible"), sorted(os.listdir(scratch))]
+        report.write_text(repr(seen))
 
     run_out(rootfs, ["/bin/true"], pre_pivot=pre_pivot)
-    with open(report) as f:
-        assert f.read() == "False"
+    assert report.read_text() == repr([True, ["root", "upper", "work"]])
 
 
 def test_pre_pivot_writes_land_in_the_containers_root(rootfs, quiet):
