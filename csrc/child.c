@@ -28,10 +28,18 @@
  * default; ignored ones stay ignored, as across exec, except SIGPIPE and
  * SIGXFSZ, which Python ignores for itself (subprocess restores them too).
  * Signals stay blocked until just before exec. */
-static int reset_signal_handlers(struct pc_error *err)
+static int reset_signal_handlers(const struct pc_child_args *args, struct pc_error *err)
 {
     struct sigaction default_action = {.sa_handler = SIG_DFL};
 
+    if (args->handlers_cleared) {
+        /* clone3 reset the caught ones (CLONE_CLEAR_SIGHAND); the two that
+         * Python ignores remain. */
+        if (sigaction(SIGPIPE, &default_action, NULL) < 0 ||
+            sigaction(SIGXFSZ, &default_action, NULL) < 0)
+            return pc_fail(err, PC_STEP_SIGNALS, errno, NULL);
+        return 0;
+    }
     for (int sig = 1; sig < NSIG; sig++) {
         struct sigaction current;
 
@@ -111,7 +119,7 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
     mode_t caller_umask = umask(0);
 
     pc_trace(request, PC_STEP_NONE);
-    STEP(PC_STEP_SIGNALS, reset_signal_handlers(err));
+    STEP(PC_STEP_SIGNALS, reset_signal_handlers(args, err));
     if (args->netns_fd >= 0 && setns(args->netns_fd, CLONE_NEWNET) < 0)
         return pc_fail(err, PC_STEP_JOIN_NETNS, errno, NULL);
     STEP(PC_STEP_MAKE_PRIVATE, pc_rootfs_make_private(err));

@@ -25,6 +25,9 @@
 #ifndef CLONE_PIDFD
 #define CLONE_PIDFD 0x00001000
 #endif
+#ifndef CLONE_CLEAR_SIGHAND
+#define CLONE_CLEAR_SIGHAND 0x100000000ULL /* clone3 only, Linux 5.5 */
+#endif
 /* The first version of struct clone_args (Linux 5.3): asking for no more
  * than this keeps clone3 usable on every kernel that has it. */
 #define CLONE_ARGS_SIZE_VER0 64
@@ -66,8 +69,9 @@ long pc_clone3_raw(struct clone_args *args, size_t size, int (*fn)(void *), void
 #endif
 
 /* Set once clone3 said ENOSYS (old kernel, or a seccomp policy that hides
- * it); racing threads at worst both try clone3 once. */
-static volatile int clone3_missing;
+ * it), or EINVAL to CLONE_CLEAR_SIGHAND (Linux 5.3, 5.4); racing threads at
+ * worst both try once. */
+static volatile int clone3_missing, clear_sighand_missing;
 
 static pid_t clone_legacy(unsigned long flags, int (*fn)(void *), void *arg, void *stack,
                           size_t stack_size, int *pidfd)
@@ -78,22 +82,33 @@ static pid_t clone_legacy(unsigned long flags, int (*fn)(void *), void *arg, voi
 }
 
 pid_t pc_clone(unsigned long namespaces, int (*fn)(void *), void *arg, void *stack,
-               size_t stack_size, int *pidfd, int force_legacy)
+               size_t stack_size, int *pidfd, int force_legacy, int *handlers_cleared)
 {
     unsigned long flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | namespaces;
 
+    *handlers_cleared = 0;
 #if HAVE_CLONE3_TRAMPOLINE
     if (!force_legacy && !clone3_missing) {
         struct clone_args args;
         long ret;
 
         memset(&args, 0, sizeof args);
-        args.flags = flags;
+        /* CLONE_CLEAR_SIGHAND: the kernel resets every caught signal to its
+         * default in the child, instead of the child asking about all 64. */
+        args.flags = flags | (clear_sighand_missing ? 0 : CLONE_CLEAR_SIGHAND);
         args.pidfd = (uint64_t)(uintptr_t)pidfd;
         args.exit_signal = SIGCHLD;
         args.stack = (uint64_t)(uintptr_t)stack;
         args.stack_size = stack_size;
+        /* Written before the child exists; it reads it from shared memory. */
+        *handlers_cleared = !clear_sighand_missing;
         ret = pc_clone3_raw(&args, CLONE_ARGS_SIZE_VER0, fn, arg);
+        if (ret == -EINVAL && !clear_sighand_missing) {
+            clear_sighand_missing = 1;
+            *handlers_cleared = 0;
+            args.flags = flags;
+            ret = pc_clone3_raw(&args, CLONE_ARGS_SIZE_VER0, fn, arg);
+        }
         if (ret >= 0)
             return (pid_t)ret;
         if (ret != -ENOSYS) {
@@ -101,6 +116,7 @@ pid_t pc_clone(unsigned long namespaces, int (*fn)(void *), void *arg, void *sta
             return -1;
         }
         clone3_missing = 1;
+        *handlers_cleared = 0;
     }
 #else
     (void)force_legacy;

@@ -51,6 +51,7 @@ struct pc_child_args {
     sigset_t parent_mask; /* the caller's signal mask, restored before exec */
     int error_fd;         /* write end of the close-on-exec error pipe */
     int netns_fd;         /* a pooled network namespace to join, or -1 */
+    int handlers_cleared; /* the kernel reset caught signals (CLONE_CLEAR_SIGHAND) */
 };
 
 /* nsworker.c: a fresh network namespace's fd (close-on-exec), or -1 when
@@ -78,9 +79,10 @@ void pc_overlay_release(struct pc_overlay *overlay);
 /* clone.c (parent side): start fn(arg) on `stack` in a new process with
  * CLONE_VM | CLONE_VFORK | CLONE_PIDFD | `namespaces`. Returns the pid, or -1
  * with errno set. The calling thread is suspended until the child execs or
- * exits. */
+ * exits. *handlers_cleared says whether the kernel has reset the child's
+ * caught signals to their defaults. */
 pid_t pc_clone(unsigned long namespaces, int (*fn)(void *), void *arg, void *stack,
-               size_t stack_size, int *pidfd, int force_legacy);
+               size_t stack_size, int *pidfd, int force_legacy, int *handlers_cleared);
 
 /* child.c: the child's entry point; never returns. */
 int pc_child_main(void *child_args);
