@@ -369,25 +369,24 @@ class Process:
         Afterwards no fd, process, mount or directory of this container
         remains. Safe to call more than once.
         """
-        self._kill_and_reap(reap=False)
+        self._kill_if_running()
         for stream in (self.stdin, self.stdout, self.stderr):
             if stream is not None:
                 try:
                     stream.close()
                 except OSError:
                     pass  # unflushed input for a program that is gone
-        self._kill_and_reap()
+        self.wait()
 
-    def _kill_and_reap(self, reap: bool = True) -> None:
-        if self._pidfd < 0:
-            return
-        if self.poll() is None:
-            try:
-                self.kill()
-            except ProcessLookupError:
-                pass  # ended and reaped by another thread meanwhile
-        if reap:
-            self.wait()
+    def _kill_if_running(self) -> bool:
+        """SIGKILL the program unless it has ended; True if it was running."""
+        if self._pidfd < 0 or self.poll() is not None:
+            return False
+        try:
+            self.kill()
+        except ProcessLookupError:
+            pass  # ended and reaped by another thread meanwhile
+        return True
 
     def __enter__(self) -> Process:
         return self
@@ -403,11 +402,11 @@ class Process:
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if self._pidfd < 0:
             return
-        if self.poll() is None:
-            _warn(f"pycontain: {self!r} is still running; killing it", ResourceWarning, source=self)
+        if self._kill_if_running():
+            _warn(f"pycontain: {self!r} was still running; killed it", ResourceWarning, source=self)
         # The pipes are left to their own finalizers: the caller may still
         # hold them.
-        self._kill_and_reap()
+        self.wait()
 
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"returncode={self.returncode}"

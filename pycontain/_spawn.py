@@ -90,7 +90,7 @@ class Prepared:
     cwd: bytes | None
     layers: list[bytes]
     layer_fds: list[int] = field(default_factory=list)
-    upper_path: bytes | None = None
+    upper_path: bytes | None = None  # absolute, as work_path
     upper_fd: int = -1
     work_path: bytes | None = None
     work_fd: int = -1
@@ -308,15 +308,22 @@ def prepare(
     workdir_path = None if workdir is None else to_bytes(workdir, "workdir")
     if workdir_path is not None and writedir_path is None:
         raise ValueError("workdir is only used together with writedir")
-    _check_layers_apart(prepared.layers)
+    # Where the layers really are, for the overlap checks (not needed for one
+    # layer and no writedir).
+    real_layers = (
+        [os.path.realpath(layer) for layer in prepared.layers]
+        if len(prepared.layers) > 1 or writedir_path is not None
+        else []
+    )
+    _check_layers_apart(prepared.layers, real_layers)
     scratch_dir()
     try:
         for layer in prepared.layers:
             prepared.layer_fds.append(open_directory(layer, "layer"))
         if writedir_path is not None:
             prepared.upper_fd = open_directory(writedir_path, "writedir")
-            prepared.upper_path = writedir_path
-            _check_writedir(writedir_path, prepared.layers)
+            prepared.upper_path = os.path.abspath(writedir_path)
+            _check_writedir(writedir_path, prepared.layers, real_layers)
             prepared.writedir_key = _claim_writedir(prepared.upper_fd, writedir_path)
             if workdir_path is None:
                 workdir_path = prepared.created_workdir = _make_workdir(writedir_path)
@@ -328,12 +335,9 @@ def prepare(
     return prepared
 
 
-def _check_layers_apart(layers: list[bytes]) -> None:
+def _check_layers_apart(layers: list[bytes], real: list[bytes]) -> None:
     # Overlayfs refuses a layer that is, or is inside, another layer (with a
     # bare ELOOP): say so in words before anything starts.
-    if len(layers) < 2:
-        return
-    real = [os.path.realpath(layer) for layer in layers]
     for i, outer in enumerate(real):
         for j, inner in enumerate(real):
             if i != j and _inside(inner, outer):
@@ -344,10 +348,9 @@ def _check_layers_apart(layers: list[bytes]) -> None:
                 )
 
 
-def _check_writedir(writedir: bytes, layers: list[bytes]) -> None:
+def _check_writedir(writedir: bytes, layers: list[bytes], real_layers: list[bytes]) -> None:
     real = os.path.realpath(writedir)
-    for layer in layers:
-        real_layer = os.path.realpath(layer)
+    for layer, real_layer in zip(layers, real_layers, strict=True):
         if _inside(real, real_layer) or _inside(real_layer, real):
             raise ValueError(
                 f"writedir {os.fsdecode(writedir)!r} overlaps layer {os.fsdecode(layer)!r}; "
@@ -415,9 +418,7 @@ def spawn(
             cwd=prepared.cwd,
             layer_paths=[os.path.abspath(layer) for layer in prepared.layers],
             layer_fds=prepared.layer_fds,
-            upper_path=None
-            if prepared.upper_path is None
-            else os.path.abspath(prepared.upper_path),
+            upper_path=prepared.upper_path,
             upper_fd=prepared.upper_fd,
             work_path=prepared.work_path,
             work_fd=prepared.work_fd,
