@@ -28,7 +28,12 @@ Candidates, each timed as the wall time of spawn + wait of busybox ``true``:
 4. ``subprocess.run(["unshare", "--mount", "--pid", "--net", "--uts", "--ipc",
    "--fork", "--mount-proc=ROOT/proc", "chroot", ROOT, "/bin/true"])``:
    util-linux namespaces plus a plain chroot (no overlay, no /dev).
-5. ``pycontain, netns pool off``: the same isolation with
+5. ``pycontain, one Container``: ``box.spawn(["/bin/true"], ...)`` from one
+   ``pycontain.Container(layers=[ROOT])`` made before the rounds, so the
+   layers and settings are checked once, not per spawn. A separate phase
+   times that Python-side preparation alone (no spawn), interleaved, to show
+   what a Container saves per spawn.
+6. ``pycontain, netns pool off``: the same isolation with
    ``netns_pool=False``, so that the network namespace is made during the
    spawn (by default pycontain takes a fresh one that its pool's thread made
    ahead of time; each is used once). Shown when pycontain has the pool.
@@ -243,6 +248,67 @@ def pycontain_candidate(
     return Candidate(name, command, spawn, verify)
 
 
+def container_candidate(pycontain: ModuleType, name: str, root: Path) -> Candidate:
+    """Repeated spawns from one Container: its layers and settings checked once."""
+    box = pycontain.Container(layers=[str(root)])
+    env = {"PATH": "/bin"}
+
+    def spawn() -> int:
+        code: int = box.spawn(["/bin/true"], env=env).wait()
+        return code
+
+    def verify() -> str | None:
+        try:
+            code = spawn()
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+        return None if code == 0 else f"exit status {code}"
+
+    command = f"box.spawn(['/bin/true'], env={env!r}).wait(), box = Container(layers=[ROOT])"
+    return Candidate(name, command, spawn, verify)
+
+
+def measure_preparation(pycontain: ModuleType, root: Path, rounds: int) -> None:
+    """What a Container saves per spawn: the Python-side preparation alone.
+
+    Interleaved: making the Container and preparing (what Process(...) does
+    before the clone) against preparing from a Container made once (what
+    Container.spawn does). Nothing is spawned: the fds are released.
+    """
+    if not hasattr(pycontain, "Container"):
+        print("== Preparation: skipped (this pycontain has no Container)")
+        return
+    from pycontain import _spawn
+
+    layers, env = [str(root)], {"PATH": "/bin"}
+    box = pycontain.Container(layers=layers)
+
+    def per_spawn() -> None:
+        each = pycontain.Container(layers=layers)
+        _spawn.prepare(each._plan, ["/bin/true"], executable=None, cwd=None, env=env).release()
+
+    def from_container() -> None:
+        _spawn.prepare(box._plan, ["/bin/true"], executable=None, cwd=None, env=env).release()
+
+    samples: dict[str, list[float]] = {
+        "Process(...): check + prepare": [],
+        "Container.spawn: prepare": [],
+    }
+    for _ in range(rounds):
+        for label, step in zip(samples, (per_spawn, from_container), strict=True):
+            start = time.perf_counter()
+            for _ in range(20):
+                step()
+            samples[label].append((time.perf_counter() - start) / 20)
+    print(f"== Preparation in Python before the clone ({rounds} rounds of 20, interleaved)")
+    for label, values in samples.items():
+        print(f"  {label:<34} {statistics.median(values) * 1e6:7.1f} us median")
+    saved = statistics.median(samples["Process(...): check + prepare"]) - statistics.median(
+        samples["Container.spawn: prepare"]
+    )
+    print(f"  saved per spawn from one Container  {saved * 1e6:7.1f} us")
+
+
 def bwrap_has_overlay(bwrap: str) -> bool:
     """Whether this bwrap offers --overlay-src and --tmp-overlay (bubblewrap >= 0.9)."""
     help_text = command_output([bwrap, "--help"])
@@ -267,6 +333,10 @@ def make_candidates(
         subprocess_candidate("subprocess.run (no isolation)", [str(root / "bin" / "true")])
     )
     candidates.append(pycontain_candidate(pycontain, "pycontain.Process (default)", root, {}))
+    if hasattr(pycontain, "Container"):
+        candidates.append(container_candidate(pycontain, "pycontain, one Container", root))
+    else:
+        unavailable.append(Unavailable("pycontain, one Container", "this pycontain has none"))
     if bwrap:
         if bwrap_overlay:
             label, argv = "bwrap --overlay-src", [bwrap, "--overlay-src", str(root)]
@@ -855,6 +925,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         measure_latency(candidates, args.rounds, args.warmup, random.Random(args.seed))
         print_latency(candidates, unavailable, args.rounds, args.warmup)
+        measure_preparation(pycontain, root, max(20, args.rounds // 5))
         run_throughput(candidates, args.throughput_seconds)
         if not args.soak:
             print("== Soak: skipped (--soak 0)")

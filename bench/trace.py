@@ -61,14 +61,9 @@ def spawn_traced(root: Path) -> dict[str, int]:
     names = _core.step_names()
     trace = array.array("Q", [0] * _core.STEP_COUNT)
     stamps = {"t0": time.monotonic_ns()}
+    container = pycontain.Container(layers=[root])
     prepared = _spawn.prepare(
-        ["/bin/true"],
-        layers=[root],
-        writedir=None,
-        workdir=None,
-        executable=None,
-        cwd=None,
-        env={"PATH": "/bin"},
+        container._plan, ["/bin/true"], executable=None, cwd=None, env={"PATH": "/bin"}
     )
     try:
         _, pidfd, mount_namespace = _spawn.spawn(prepared, trace=trace)

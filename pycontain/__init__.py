@@ -1,11 +1,15 @@
 """pycontain: run a program in a lightweight Linux container, in one call.
 
+box = pycontain.Container(layers=["/srv/rootfs"], hostname="sandbox")
+print(box.run(["/bin/sh", "-c", "echo $$"], capture_output=True).stdout)
+
 with pycontain.Process(["/bin/sh", "-c", "echo $$"], layers=["/srv/rootfs"]) as p:
     assert p.wait() == 0
 """
 
 from . import _errors
 from ._asyncio import AsyncProcess, create_subprocess_exec
+from ._container import Container
 from ._errors import CallbackError, SpawnError, TimeoutExpired
 from ._io import DEVNULL, PIPE, STDOUT
 from ._netns import netns_pool_status, set_netns_pool
@@ -18,6 +22,7 @@ __all__ = [
     "STDOUT",
     "AsyncProcess",
     "CallbackError",
+    "Container",
     "Process",
     "SpawnError",
     "TimeoutExpired",

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Unpack
 
+from . import _container
+from ._container import AsyncSettings, Container, ProgramSettings
 from ._io import Stream
 from ._process import Process
 from ._spawn import StrOrBytesPath
@@ -141,29 +143,57 @@ async def create_subprocess_exec(
     stdout: Stream = None,
     stderr: Stream = None,
     limit: int = 2**16,
-    **kwargs: Any,
+    **settings: Unpack[AsyncSettings],
 ) -> AsyncProcess:
     """Start ``program`` with ``args`` in a container, from a running loop.
 
     Keywords are those of :class:`pycontain.Process`; as with asyncio,
     streams are bytes only (no ``text``/``encoding``/``errors``). The spawn
-    itself (about as long as a fork) runs in the loop's thread.
+    itself (about as long as a fork) runs in the loop's thread. For many
+    programs in one container, see :meth:`Container.create_subprocess_exec`.
     """
+    # The text keywords are let through to be refused with a clear message.
+    container, program_settings = _container.split(
+        "create_subprocess_exec", layers, settings, ProgramSettings.__annotations__
+    )
+    return await create_subprocess_exec_in(
+        container,
+        program,
+        *args,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        limit=limit,
+        **program_settings,
+    )
+
+
+async def create_subprocess_exec_in(
+    container: Container,
+    program: StrOrBytesPath,
+    *args: StrOrBytesPath,
+    stdin: Stream,
+    stdout: Stream,
+    stderr: Stream,
+    limit: int,
+    **settings: Any,
+) -> AsyncProcess:
+    """create_subprocess_exec and Container.create_subprocess_exec."""
     for key in ("text", "universal_newlines", "encoding", "errors"):
-        if kwargs.get(key):
+        if settings.get(key):
             raise ValueError(f"{key} is not supported: asyncio streams carry bytes")
-    if kwargs.get("bufsize", 0) != 0:
+    if settings.get("bufsize", 0) != 0:
         raise ValueError("bufsize must be 0")
-    kwargs.pop("bufsize", None)
+    settings.pop("bufsize", None)
     loop = asyncio.get_running_loop()
-    process = Process(
+    process = Process._spawn(
+        container,
         [program, *args],
-        layers=layers,
         stdin=stdin,
         stdout=stdout,
         stderr=stderr,
         bufsize=0,
-        **kwargs,
+        **settings,
     )
     try:
         writer = reader_out = reader_err = None
@@ -187,3 +217,6 @@ async def _reader(loop: asyncio.AbstractEventLoop, pipe: Any, limit: int) -> asy
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
     return reader
+
+
+_container.keyword_signature(create_subprocess_exec, AsyncSettings, Container, Process._start)

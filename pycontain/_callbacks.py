@@ -24,11 +24,15 @@ _DETAIL_LIMIT = 3900
 Callback = Callable[[], object]
 
 
+def require_callable(name: str, callback: Callback | None) -> None:
+    if callback is not None and not callable(callback):
+        raise TypeError(f"{name} must be callable, not {type(callback).__name__}")
+
+
 def check(pre_pivot: Callback | None, pre_exec: Callback | None) -> None:
     """Refuse non-callables; warn if another thread could hold a lock."""
-    for name, callback in (("pre_pivot", pre_pivot), ("pre_exec", pre_exec)):
-        if callback is not None and not callable(callback):
-            raise TypeError(f"{name} must be callable, not {type(callback).__name__}")
+    require_callable("pre_pivot", pre_pivot)
+    require_callable("pre_exec", pre_exec)
     if (pre_pivot is not None or pre_exec is not None) and _thread_count() > 1:
         warnings.warn(
             "pycontain: this process is multi-threaded; pre_pivot/pre_exec callbacks run in "

@@ -12,12 +12,14 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Unpack
 
-from . import _callbacks, _core, _io, _netns, _spawn
+from . import _callbacks, _container, _core, _io, _netns, _spawn
+from ._container import Container, ProcessSettings, ProgramSettings
 from ._errors import TimeoutExpired
+from ._io import Stream
 from ._spawn import Env, StrOrBytesPath
 
 __all__ = ["Process"]
@@ -74,32 +76,47 @@ class Process:
         args: StrOrBytesPath | Sequence[StrOrBytesPath],
         *,
         layers: Iterable[StrOrBytesPath],
-        writedir: StrOrBytesPath | None = None,
-        workdir: StrOrBytesPath | None = None,
+        **settings: Unpack[ProcessSettings],
+    ) -> None:
+        container, program = _container.split(
+            "Process", layers, settings, ProgramSettings.__annotations__
+        )
+        self._start(container, args, **program)
+
+    @classmethod
+    def _spawn(
+        cls,
+        container: Container,
+        args: StrOrBytesPath | Sequence[StrOrBytesPath],
+        **program: Unpack[ProgramSettings],
+    ) -> Process:
+        """Container.spawn: a Process started in ``container``."""
+        process = cls.__new__(cls)
+        process._start(container, args, **program)
+        return process
+
+    def _start(
+        self,
+        container: Container,
+        args: StrOrBytesPath | Sequence[StrOrBytesPath],
+        *,
         executable: StrOrBytesPath | None = None,
         cwd: StrOrBytesPath | None = None,
         env: Env | None = None,
-        stdin: _io.Stream = None,
-        stdout: _io.Stream = None,
-        stderr: _io.Stream = None,
+        stdin: Stream = None,
+        stdout: Stream = None,
+        stderr: Stream = None,
         pass_fds: Iterable[int] = (),
         text: bool | None = None,
         encoding: str | None = None,
         errors: str | None = None,
         bufsize: int = -1,
         universal_newlines: bool | None = None,
-        hostname: str | bytes | None = None,
-        rlimits: Mapping[str | int, int | tuple[int | None, int | None]] | None = None,
-        groups: Iterable[int] | None = None,
-        gid: int | None = None,
-        uid: int | None = None,
-        umask: int | None = None,
-        pre_pivot: _callbacks.Callback | None = None,
         pre_exec: _callbacks.Callback | None = None,
         timeout: float | None = None,
-        netns_pool: bool = True,
         _force_legacy_clone: bool = False,
     ) -> None:
+        """The one declaration of the program's keywords and their defaults."""
         self.args = args
         self.stdin: IO[Any] | None = None
         self.stdout: IO[Any] | None = None
@@ -122,11 +139,9 @@ class Process:
         self.text_mode = bool(text or universal_newlines or encoding or errors)
         if isinstance(bufsize, bool) or not isinstance(bufsize, int):
             raise TypeError("bufsize must be an int")
-        checked_settings = _spawn.settings(
-            hostname=hostname, rlimits=rlimits, groups=groups, gid=gid, uid=uid, umask=umask
-        )
+        self.container = container
         passed = _pass_fds(pass_fds)
-        _callbacks.check(pre_pivot, pre_exec)
+        _callbacks.check(container.pre_pivot, pre_exec)
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout!r}")
         # Streams first: a stale fd number given as a stream must fail with
@@ -135,30 +150,22 @@ class Process:
         streams = _io.open_streams(stdin, stdout, stderr)
         try:
             prepared = _spawn.prepare(
-                args,
-                layers=layers,
-                writedir=writedir,
-                workdir=workdir,
-                executable=executable,
-                cwd=cwd,
-                env=env,
+                container._plan, args, executable=executable, cwd=cwd, env=env
             )
         except BaseException:
             streams.close_all()
             raise
-        prepared.settings = checked_settings
         prepared.pass_fds = passed
         prepared.stdio = (streams.child[0], streams.child[1], streams.child[2])
-        if netns_pool:
+        if container.netns_pool:
             _netns.ensure_pool()
         try:
             self.pid, self._pidfd, self._mntns_fd = _spawn.spawn(
                 prepared,
                 force_legacy_clone=_force_legacy_clone,
-                hooks=_callbacks.spawn_arguments(pre_pivot, pre_exec),
+                hooks=_callbacks.spawn_arguments(container.pre_pivot, pre_exec),
                 timeout=timeout,
                 args=args,
-                netns_pool=netns_pool,
             )
         except BaseException:
             prepared.release()
@@ -411,6 +418,10 @@ class Process:
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"returncode={self.returncode}"
         return f"<pycontain.Process pid={self.pid} args={self.args!r} {state}>"
+
+
+_container.check_declaration(ProgramSettings, Process._start)
+_container.keyword_signature(Process.__init__, ProcessSettings, Container, Process._start)
 
 
 def _pass_fds(fds: Iterable[int]) -> tuple[int, ...]:

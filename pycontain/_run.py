@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
+from . import _container
+from ._container import Container, RunProgramSettings, RunSettings
 from ._errors import TimeoutExpired
 from ._io import PIPE
 from ._process import Process
@@ -20,7 +22,7 @@ def run(
     capture_output: bool = False,
     timeout: float | None = None,
     check: bool = False,
-    **kwargs: Any,
+    **settings: Unpack[RunSettings],
 ) -> subprocess.CompletedProcess[Any]:
     """Run ``args`` in a container, wait for it, return a CompletedProcess.
 
@@ -28,17 +30,43 @@ def run(
     pipes stdout and stderr, ``timeout`` kills the container and raises
     :class:`pycontain.TimeoutExpired`, ``check`` raises
     ``subprocess.CalledProcessError`` for a non-zero exit. Other keywords
-    go to :class:`pycontain.Process`.
+    are those of :class:`pycontain.Process` (the container's and the
+    program's); for many runs in one container, see :meth:`Container.run`.
     """
+    container, program = _container.split(
+        "run", layers, settings, RunProgramSettings.__annotations__
+    )
+    return run_in(
+        container,
+        args,
+        input=input,
+        capture_output=capture_output,
+        timeout=timeout,
+        check=check,
+        **program,
+    )
+
+
+def run_in(
+    container: Container,
+    args: StrOrBytesPath | Sequence[StrOrBytesPath],
+    *,
+    input: Any,
+    capture_output: bool,
+    timeout: float | None,
+    check: bool,
+    **program: Unpack[RunProgramSettings],
+) -> subprocess.CompletedProcess[Any]:
+    """run() and Container.run: the program's keywords go to Container.spawn."""
     if input is not None:
-        if kwargs.get("stdin") is not None:
+        if program.get("stdin") is not None:
             raise ValueError("stdin and input arguments may not both be used.")
-        kwargs["stdin"] = PIPE
+        program["stdin"] = PIPE
     if capture_output:
-        if kwargs.get("stdout") is not None or kwargs.get("stderr") is not None:
+        if program.get("stdout") is not None or program.get("stderr") is not None:
             raise ValueError("stdout and stderr arguments may not be used with capture_output.")
-        kwargs["stdout"] = kwargs["stderr"] = PIPE
-    with Process(args, layers=layers, **kwargs) as process:
+        program["stdout"] = program["stderr"] = PIPE
+    with Process._spawn(container, args, **program) as process:
         try:
             stdout, stderr = process.communicate(input, timeout=timeout)
         except TimeoutExpired as expired:
@@ -53,3 +81,6 @@ def run(
     if check and returncode:
         raise subprocess.CalledProcessError(returncode, process.args, stdout, stderr)
     return subprocess.CompletedProcess(process.args, returncode, stdout, stderr)
+
+
+_container.keyword_signature(run, RunSettings, Container, Process._start)

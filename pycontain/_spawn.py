@@ -80,23 +80,41 @@ def _inside(path: bytes, other: bytes) -> bool:
     return path == other or path.startswith(other.rstrip(b"/") + b"/")
 
 
+@dataclass(frozen=True)
+class ContainerPlan:
+    """What every spawn of one container needs, checked and encoded once.
+
+    Made by :func:`plan` when a :class:`pycontain.Container` is made, and
+    reused by each of its spawns: only the per-spawn work (opening the
+    directories, the work directory, the writedir claim) is left to
+    :func:`prepare`.
+    """
+
+    layers: tuple[bytes, ...]  # as given, encoded (for messages)
+    layer_paths: tuple[bytes, ...]  # absolute (for the child to reopen)
+    writedir: bytes | None = None
+    writedir_path: bytes | None = None  # absolute
+    workdir: bytes | None = None
+    workdir_path: bytes | None = None  # absolute
+    settings: Settings = field(default_factory=lambda: Settings())
+    netns_pool: bool = True
+
+
 @dataclass
 class Prepared:
     """What one spawn needs, plus the resources to release after it."""
 
+    plan: ContainerPlan
     argv: list[bytes]
     envp: list[bytes]
     exec_paths: list[bytes]
     cwd: bytes | None
-    layers: list[bytes]
     layer_fds: list[int] = field(default_factory=list)
-    upper_path: bytes | None = None  # absolute, as work_path
     upper_fd: int = -1
     work_path: bytes | None = None
     work_fd: int = -1
     created_workdir: bytes | None = None
     writedir_key: tuple[int, int] | None = None
-    settings: Settings = field(default_factory=lambda: Settings())
     # fds for 0, 1, 2 (-1: inherit) and further fds to pass; not owned here.
     stdio: tuple[int, int, int] = (-1, -1, -1)
     pass_fds: tuple[int, ...] = ()
@@ -277,17 +295,63 @@ def _layer_paths(layers: Iterable[StrOrBytesPath]) -> list[bytes]:
     return paths
 
 
-def prepare(
-    args: StrOrBytesPath | Sequence[StrOrBytesPath],
+def plan(
     *,
     layers: Iterable[StrOrBytesPath],
     writedir: StrOrBytesPath | None,
     workdir: StrOrBytesPath | None,
+    settings: Settings,
+    netns_pool: bool,
+) -> ContainerPlan:
+    """Check a container's directories and encode them, once per container.
+
+    Raises what a spawn with them would raise (ValueError, TypeError, an
+    OSError subclass naming a missing directory) and keeps nothing open.
+    """
+    layer_paths = _layer_paths(layers)
+    writedir_path = None if writedir is None else to_bytes(writedir, "writedir")
+    workdir_path = None if workdir is None else to_bytes(workdir, "workdir")
+    if workdir_path is not None and writedir_path is None:
+        raise ValueError("workdir is only used together with writedir")
+    # Where the layers really are, for the overlap checks (not needed for one
+    # layer and no writedir).
+    real_layers = (
+        [os.path.realpath(layer) for layer in layer_paths]
+        if len(layer_paths) > 1 or writedir_path is not None
+        else []
+    )
+    _check_layers_apart(layer_paths, real_layers)
+    scratch_dir()
+    for layer in layer_paths:
+        os.close(open_directory(layer, "layer"))
+    if writedir_path is not None:
+        os.close(open_directory(writedir_path, "writedir"))
+        _check_writedir(writedir_path, layer_paths, real_layers)
+        if workdir_path is None:
+            _check_workdir_room(writedir_path)
+        else:
+            os.close(open_directory(workdir_path, "workdir"))
+    return ContainerPlan(
+        layers=tuple(layer_paths),
+        layer_paths=tuple(os.path.abspath(layer) for layer in layer_paths),
+        writedir=writedir_path,
+        writedir_path=None if writedir_path is None else os.path.abspath(writedir_path),
+        workdir=workdir_path,
+        workdir_path=None if workdir_path is None else os.path.abspath(workdir_path),
+        settings=settings,
+        netns_pool=netns_pool,
+    )
+
+
+def prepare(
+    plan: ContainerPlan,
+    args: StrOrBytesPath | Sequence[StrOrBytesPath],
+    *,
     executable: StrOrBytesPath | None,
     cwd: StrOrBytesPath | None,
     env: Env | None,
 ) -> Prepared:
-    """Check every input and build the spawn's strings and fds.
+    """Check the program's inputs, build its strings and open the container's fds.
 
     Raises before anything is created; on success the caller owns the
     result and must call ``release()``.
@@ -298,37 +362,25 @@ def prepare(
         raise ValueError("executable must not be empty")
     envp, env = _envp(env)
     prepared = Prepared(
+        plan=plan,
         argv=argv,
         envp=envp,
         exec_paths=_exec_paths(program, env),
         cwd=None if cwd is None else to_bytes(cwd, "cwd"),
-        layers=_layer_paths(layers),
     )
-    writedir_path = None if writedir is None else to_bytes(writedir, "writedir")
-    workdir_path = None if workdir is None else to_bytes(workdir, "workdir")
-    if workdir_path is not None and writedir_path is None:
-        raise ValueError("workdir is only used together with writedir")
-    # Where the layers really are, for the overlap checks (not needed for one
-    # layer and no writedir).
-    real_layers = (
-        [os.path.realpath(layer) for layer in prepared.layers]
-        if len(prepared.layers) > 1 or writedir_path is not None
-        else []
-    )
-    _check_layers_apart(prepared.layers, real_layers)
-    scratch_dir()
     try:
-        for layer in prepared.layers:
+        for layer in plan.layers:
             prepared.layer_fds.append(open_directory(layer, "layer"))
-        if writedir_path is not None:
-            prepared.upper_fd = open_directory(writedir_path, "writedir")
-            prepared.upper_path = os.path.abspath(writedir_path)
-            _check_writedir(writedir_path, prepared.layers, real_layers)
-            prepared.writedir_key = _claim_writedir(prepared.upper_fd, writedir_path)
-            if workdir_path is None:
-                workdir_path = prepared.created_workdir = _make_workdir(writedir_path)
-            prepared.work_fd = open_directory(workdir_path, "workdir")
-            prepared.work_path = os.path.abspath(workdir_path)
+        if plan.writedir is not None:
+            prepared.upper_fd = open_directory(plan.writedir, "writedir")
+            prepared.writedir_key = _claim_writedir(prepared.upper_fd, plan.writedir)
+            if plan.workdir is None:
+                prepared.created_workdir = _make_workdir(plan.writedir)
+                workdir = prepared.created_workdir
+            else:
+                workdir = plan.workdir
+            prepared.work_fd = open_directory(workdir, "workdir")
+            prepared.work_path = os.path.abspath(workdir)
     except BaseException:
         prepared.release()
         raise
@@ -358,13 +410,8 @@ def _check_writedir(writedir: bytes, layers: list[bytes], real_layers: list[byte
             )
 
 
-def _make_workdir(writedir: bytes) -> bytes:
-    """Make overlayfs' work directory beside ``writedir``.
-
-    Overlayfs needs it on the same mount as the writable layer, and not
-    inside it; a hidden sibling is the only place that guarantees both. It
-    is removed when the container has been waited for.
-    """
+def _check_workdir_room(writedir: bytes) -> bytes:
+    """The real path of ``writedir``, if overlayfs' work directory fits beside it."""
     real = os.path.realpath(writedir)
     if os.path.ismount(real):
         raise ValueError(
@@ -372,7 +419,17 @@ def _make_workdir(writedir: bytes) -> bytes:
             "overlayfs' work directory beside it; pass workdir= an empty directory on the "
             "same mount"
         )
-    parent, name = os.path.split(real)
+    return real
+
+
+def _make_workdir(writedir: bytes) -> bytes:
+    """Make overlayfs' work directory beside ``writedir``.
+
+    Overlayfs needs it on the same mount as the writable layer, and not
+    inside it; a hidden sibling is the only place that guarantees both. It
+    is removed when the container has been waited for.
+    """
+    parent, name = os.path.split(_check_workdir_room(writedir))
     try:
         return os.fsencode(
             tempfile.mkdtemp(
@@ -390,7 +447,6 @@ def spawn(
     hooks: Mapping[str, Any] | None = None,
     timeout: float | None = None,
     args: object = None,
-    netns_pool: bool = True,
     trace: Any = None,
 ) -> tuple[int, int, int]:
     """Start the container; returns (pid, pidfd, mntns_fd) or raises SpawnError.
@@ -403,7 +459,8 @@ def spawn(
     fork path; a spawn that outlives ``timeout`` is killed and raises
     TimeoutExpired.
     """
-    settings = prepared.settings
+    plan = prepared.plan
+    settings = plan.settings
     # An infinite timeout is none; a finite one is capped at INT_MAX ms
     # (about 24.8 days), which is what the C side's poll() takes.
     if timeout is None or timeout == math.inf:
@@ -416,9 +473,9 @@ def spawn(
             envp=prepared.envp,
             exec_paths=prepared.exec_paths,
             cwd=prepared.cwd,
-            layer_paths=[os.path.abspath(layer) for layer in prepared.layers],
+            layer_paths=list(plan.layer_paths),
             layer_fds=prepared.layer_fds,
-            upper_path=prepared.upper_path,
+            upper_path=plan.writedir_path,
             upper_fd=prepared.upper_fd,
             work_path=prepared.work_path,
             work_fd=prepared.work_fd,
@@ -434,7 +491,7 @@ def spawn(
             umask=settings.umask,
             force_legacy_clone=force_legacy_clone,
             timeout_ms=timeout_ms,
-            use_netns_pool=netns_pool,
+            use_netns_pool=plan.netns_pool,
             trace=trace,
             **(hooks or {}),
         )
@@ -451,7 +508,8 @@ def _translate(prepared: Prepared, step: str, err: int, detail: bytes) -> Except
     """The exception a user sees for a failed step."""
     if step == "prepare" and err == errno.E2BIG:
         return ValueError(
-            f"{len(prepared.layers)} layers do not fit in one overlayfs mount; use fewer layers"
+            f"{len(prepared.plan.layers)} layers do not fit in one overlayfs mount; "
+            "use fewer layers"
         )
     filename: str | None = os.fsdecode(detail) if detail else None
     strerror = None
@@ -465,7 +523,7 @@ def _translate(prepared: Prepared, step: str, err: int, detail: bytes) -> Except
         # Searched PATH: name the program as given, as subprocess does.
         filename = os.fsdecode(os.path.basename(prepared.exec_paths[0]))
     elif step == "mount-overlay":
-        filename = os.fsdecode(b":".join(prepared.layers))
+        filename = os.fsdecode(b":".join(prepared.plan.layers))
     elif step == "clone" and err in (errno.EPERM, errno.EACCES):
         strerror = (
             f"{os.strerror(err)} (creating namespaces needs root with CAP_SYS_ADMIN; "

@@ -1,0 +1,405 @@
+"""Container: what a program runs in, as a value, declared once.
+
+A container setting (layers, writedir, hostname, ids, limits, callbacks
+that prepare the root, ...) is one field of :class:`Container`, with its
+default there and its check in ``__post_init__``. Every entry point takes
+its keywords from here: :class:`pycontain.Process`, :func:`pycontain.run`
+and :func:`pycontain.create_subprocess_exec` build a Container from theirs,
+and ``Container.spawn``/``run``/``create_subprocess_exec`` run programs in
+one. The keyword types for type checkers are the TypedDicts below; each
+key is declared in exactly one of them, and an import-time check keeps
+``ContainerSettings`` equal to the fields (see docs/container.md).
+
+Everything that can be checked and encoded once per container is, when
+the Container is made (``_spawn.plan``); a spawn then only does the
+per-program work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import subprocess
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
+
+from . import _callbacks, _spawn
+from ._io import Stream
+from ._spawn import Env, StrOrBytesPath
+
+if TYPE_CHECKING:
+    from ._asyncio import AsyncProcess
+    from ._process import Process
+
+__all__ = ["Container"]
+
+RLimits = Mapping[str | int, int | tuple[int | None, int | None]]
+
+
+# -- the keyword declarations, for type checkers and help() ------------------------------
+#
+# A key lives in exactly one of these; the entry points' **kwargs combine them.
+
+
+class ContainerSettings(TypedDict, total=False):
+    """Container's fields other than ``layers`` (checked against them at import)."""
+
+    writedir: StrOrBytesPath | None
+    workdir: StrOrBytesPath | None
+    hostname: str | bytes | None
+    rlimits: RLimits | None
+    groups: Iterable[int] | None
+    gid: int | None
+    uid: int | None
+    umask: int | None
+    pre_pivot: _callbacks.Callback | None
+    netns_pool: bool
+
+
+class _Layers(TypedDict, total=False):
+    layers: Iterable[StrOrBytesPath]
+
+
+class ContainerFields(ContainerSettings, _Layers):
+    """Every field of Container: what ``Container.replace`` takes."""
+
+
+class CommandSettings(TypedDict, total=False):
+    """What runs, other than its streams (see ``Process._start``)."""
+
+    executable: StrOrBytesPath | None
+    cwd: StrOrBytesPath | None
+    env: Env | None
+    pass_fds: Iterable[int]
+    pre_exec: _callbacks.Callback | None
+    _force_legacy_clone: bool
+
+
+class StreamSettings(TypedDict, total=False):
+    stdin: Stream
+    stdout: Stream
+    stderr: Stream
+
+
+class TextSettings(TypedDict, total=False):
+    text: bool | None
+    encoding: str | None
+    errors: str | None
+    bufsize: int
+    universal_newlines: bool | None
+
+
+class SpawnTimeout(TypedDict, total=False):
+    timeout: float | None
+
+
+class ProgramSettings(CommandSettings, StreamSettings, TextSettings, SpawnTimeout):
+    """``Container.spawn``'s keywords."""
+
+
+class ProcessSettings(ContainerSettings, ProgramSettings):
+    """``Process(args, layers=..., **these)``."""
+
+
+class RunProgramSettings(CommandSettings, StreamSettings, TextSettings):
+    """``Container.run``'s keywords besides its own (its timeout bounds the whole run)."""
+
+
+class RunSettings(ContainerSettings, RunProgramSettings):
+    """``pycontain.run(args, layers=..., **these)``."""
+
+
+class AsyncProgramSettings(CommandSettings, SpawnTimeout):
+    """``Container.create_subprocess_exec``'s keywords besides the streams (bytes only)."""
+
+
+class AsyncSettings(ContainerSettings, AsyncProgramSettings):
+    """``pycontain.create_subprocess_exec(..., layers=..., **these)``."""
+
+
+# -- the value ----------------------------------------------------------------------------
+
+
+class _FrozenMapping(Mapping[Any, Any]):
+    """A read-only, hashable, picklable copy of a mapping (for rlimits)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[Any, Any]) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and self._items == dict(other.items())
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_FrozenMapping, (self._items,))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class Container:
+    """What a program runs in: layers, writable layer, identity, limits.
+
+    ``layers`` are read-only directories stacked with overlayfs as the
+    container's ``/``; the first is the uppermost, as in overlayfs'
+    lowerdir. Writes go to a tmpfs that vanishes with each program, or to
+    ``writedir`` if given (kept; overlayfs' work directory is made beside it
+    for each run and removed after it, unless ``workdir`` names one).
+    ``hostname``, ``rlimits``, ``groups``, ``gid``, ``uid`` and ``umask``
+    are applied inside the container by the C core; ``pre_pivot`` is a
+    Python callback that prepares the root before ``pivot_root``
+    (docs/callbacks.md); ``netns_pool=False`` makes each network namespace
+    during the spawn instead of taking one made ahead of time.
+
+    A Container is an immutable value: checked when made (bad values raise
+    here, as a spawn would), comparable, hashable, picklable (when its
+    callbacks are), and changed only by :meth:`replace`, which returns a new
+    one. Run programs in it with :meth:`spawn` (a :class:`pycontain.Process`),
+    :meth:`run` (as ``subprocess.run``) or :meth:`create_subprocess_exec`
+    (asyncio); each runs in a fresh container made from this description.
+    """
+
+    layers: Iterable[StrOrBytesPath]
+    writedir: StrOrBytesPath | None = None
+    workdir: StrOrBytesPath | None = None
+    hostname: str | bytes | None = None
+    rlimits: RLimits | None = None
+    groups: Iterable[int] | None = None
+    gid: int | None = None
+    uid: int | None = None
+    umask: int | None = None
+    pre_pivot: _callbacks.Callback | None = None
+    netns_pool: bool = True
+    # Checked and encoded once, reused by every spawn (not part of the value).
+    _plan: _spawn.ContainerPlan = dataclasses.field(
+        init=False, repr=False, compare=False, hash=False
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, (str, bytes, os.PathLike)):
+            raise TypeError("layers must be a list of directories, not a single path")
+        layers = tuple(self.layers)
+        if self.rlimits is not None and not isinstance(self.rlimits, Mapping):
+            raise TypeError(
+                f"rlimits must be a mapping of names to limits, not {type(self.rlimits).__name__}"
+            )
+        groups = None if self.groups is None else _groups(self.groups)
+        settings = _spawn.settings(
+            hostname=self.hostname,
+            rlimits=self.rlimits,
+            groups=groups,
+            gid=self.gid,
+            uid=self.uid,
+            umask=self.umask,
+        )
+        _callbacks.require_callable("pre_pivot", self.pre_pivot)
+        plan = _spawn.plan(
+            layers=layers,
+            writedir=self.writedir,
+            workdir=self.workdir,
+            settings=settings,
+            netns_pool=bool(self.netns_pool),
+        )
+        # Normalised, so that equal descriptions compare (and hash) equal.
+        set_field = object.__setattr__
+        set_field(self, "layers", tuple(_fspath(layer) for layer in layers))
+        set_field(self, "writedir", _fspath(self.writedir))
+        set_field(self, "workdir", _fspath(self.workdir))
+        if self.rlimits is not None:
+            set_field(self, "rlimits", _FrozenMapping(self.rlimits))
+        set_field(self, "groups", groups)
+        set_field(self, "netns_pool", bool(self.netns_pool))
+        set_field(self, "_plan", plan)
+
+    # -- value semantics ----------------------------------------------------
+
+    def replace(self, **changes: Unpack[ContainerFields]) -> Container:
+        """A new Container with ``changes`` applied (checked as when made)."""
+        return dataclasses.replace(self, **changes)
+
+    def settings(self) -> dict[str, Any]:
+        """The fields that differ from their defaults: ``Container(**c.settings())`` equals c."""
+        return {
+            field.name: getattr(self, field.name)
+            for field in _FIELDS
+            if field.name == "layers" or getattr(self, field.name) != field.default
+        }
+
+    def __repr__(self) -> str:
+        shown = [
+            f"{name}={list(value) if name in ('layers', 'groups') else value!r}"
+            for name, value in self.settings().items()
+        ]
+        return f"Container({', '.join(shown)})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Checked again where it is unpickled: that machine's directories.
+        return (_restore, (self.settings(),))
+
+    # -- running programs ---------------------------------------------------
+
+    def spawn(
+        self,
+        args: StrOrBytesPath | Sequence[StrOrBytesPath],
+        **program: Unpack[ProgramSettings],
+    ) -> Process:
+        """Start ``args`` in a new container made from this one; a :class:`pycontain.Process`.
+
+        Keywords are those of ``subprocess.Popen`` that describe the program
+        (``executable``, ``cwd``, ``env``, the streams, ``pass_fds``,
+        ``text``, ...), plus ``pre_exec`` and ``timeout`` (bounds the spawn).
+        """
+        from ._process import Process
+
+        return Process._spawn(self, args, **program)
+
+    def run(
+        self,
+        args: StrOrBytesPath | Sequence[StrOrBytesPath],
+        *,
+        input: Any = None,
+        capture_output: bool = False,
+        timeout: float | None = None,
+        check: bool = False,
+        **program: Unpack[RunProgramSettings],
+    ) -> subprocess.CompletedProcess[Any]:
+        """As ``subprocess.run``, in a new container made from this one."""
+        from ._run import run_in
+
+        return run_in(
+            self,
+            args,
+            input=input,
+            capture_output=capture_output,
+            timeout=timeout,
+            check=check,
+            **program,
+        )
+
+    async def create_subprocess_exec(
+        self,
+        program: StrOrBytesPath,
+        *args: StrOrBytesPath,
+        stdin: Stream = None,
+        stdout: Stream = None,
+        stderr: Stream = None,
+        limit: int = 2**16,
+        **settings: Unpack[AsyncProgramSettings],
+    ) -> AsyncProcess:
+        """As ``asyncio.create_subprocess_exec``, in a new container made from this one."""
+        from ._asyncio import create_subprocess_exec_in
+
+        return await create_subprocess_exec_in(
+            self, program, *args, stdin=stdin, stdout=stdout, stderr=stderr, limit=limit, **settings
+        )
+
+
+_FIELDS = tuple(field for field in dataclasses.fields(Container) if field.init)
+FIELD_NAMES = frozenset(field.name for field in _FIELDS)
+
+
+def _restore(settings: dict[str, Any]) -> Container:
+    return Container(**settings)
+
+
+def _fspath(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _groups(groups: Iterable[int]) -> tuple[int, ...]:
+    if isinstance(groups, (str, bytes, bytearray)) or not isinstance(groups, Iterable):
+        raise TypeError(f"groups must be a list of group ids, not {type(groups).__name__}")
+    return tuple(groups)
+
+
+def split(
+    entry_point: str,
+    layers: Iterable[StrOrBytesPath],
+    settings: Mapping[str, Any],
+    program_keys: Iterable[str],
+) -> tuple[Container, dict[str, Any]]:
+    """A shorthand's keywords -> (its Container, the program's keywords).
+
+    ``program_keys``: the keys of the entry point's program TypedDict.
+    """
+    container: dict[str, Any] = {}
+    program: dict[str, Any] = {}
+    allowed = frozenset(program_keys)
+    for key, value in settings.items():
+        if key in FIELD_NAMES:
+            container[key] = value
+        elif key in allowed:
+            program[key] = value
+        else:
+            raise TypeError(f"{entry_point}() got an unexpected keyword argument {key!r}")
+    return Container(layers=layers, **container), program
+
+
+# -- one declaration, checked ---------------------------------------------------------------
+
+
+def declared_types(settings: type) -> dict[str, str]:
+    """A TypedDict's keys and their types, as written."""
+    return {
+        name: getattr(annotation, "__forward_arg__", str(annotation))
+        for name, annotation in settings.__annotations__.items()
+    }
+
+
+def check_declaration(settings: type, declared: Callable[..., Any]) -> None:
+    """Fail at import if the TypedDict ``settings`` (for type checkers) and the
+    keyword-only parameters of ``declared`` (the one place with defaults) differ."""
+    parameters = {
+        parameter.name: str(parameter.annotation)
+        for parameter in inspect.signature(declared).parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    if declared_types(settings) != parameters:
+        raise AssertionError(
+            f"pycontain: {settings.__name__} {declared_types(settings)} differs from "
+            f"{declared.__qualname__}'s keywords {parameters}"
+        )
+
+
+check_declaration(ContainerFields, Container)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def keyword_signature(function: F, settings: type, *sources: Callable[..., Any]) -> F:
+    """Give ``function``, whose ``**kwargs`` are ``Unpack[settings]``, the
+    signature that lists those keywords, for help() and inspect: each one's
+    parameter (with its default) as the sources declare it, replacing
+    ``**kwargs``. Testing knobs (a leading underscore) stay out."""
+    signature = inspect.signature(function)
+    parameters = [
+        parameter
+        for parameter in signature.parameters.values()
+        if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    wanted = {name for name in settings.__annotations__ if not name.startswith("_")}
+    wanted -= {parameter.name for parameter in parameters}
+    for source in sources:
+        for parameter in inspect.signature(source).parameters.values():
+            if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name in wanted:
+                wanted.discard(parameter.name)
+                parameters.append(parameter)
+    if wanted:
+        raise AssertionError(f"pycontain: no declaration of {sorted(wanted)}")
+    function.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return function
