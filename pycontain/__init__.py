@@ -9,6 +9,7 @@ with pycontain.Process(["/bin/sh", "-c", "echo $$"], layers=["/srv/rootfs"]) as 
 
 from . import _errors
 from ._asyncio import AsyncProcess, create_subprocess_exec
+from ._changes import Change
 from ._container import Container
 from ._errors import CallbackError, SpawnError, TimeoutExpired
 from ._io import DEVNULL, PIPE, STDOUT
@@ -22,6 +23,7 @@ __all__ = [
     "STDOUT",
     "AsyncProcess",
     "CallbackError",
+    "Change",
     "Container",
     "Process",
     "SpawnError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -12,11 +13,12 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Any, Unpack
 
-from . import _callbacks, _container, _core, _io, _netns, _spawn
+from . import _callbacks, _changes, _container, _core, _io, _netns, _spawn
+from ._changes import Change
 from ._container import Container, ProcessSettings, ProgramSettings
 from ._errors import TimeoutExpired
 from ._io import Stream
@@ -69,7 +71,7 @@ class Process:
     _pidfd: int = -1
     _mntns_fd: int = -1
     _workdir: bytes | None = None
-    _writedir_key: tuple[int, int] | None = None
+    _writedir_lock: int = -1
 
     def __init__(
         self,
@@ -174,7 +176,7 @@ class Process:
         prepared.close_fds()
         streams.close_child_ends()
         self._workdir = prepared.created_workdir
-        self._writedir_key = prepared.writedir_key
+        self._writedir_lock = prepared.writedir_lock
         files = [
             None
             if fd < 0
@@ -265,15 +267,15 @@ class Process:
                 # Not with a writedir: its overlay must be gone before the
                 # writedir is free for another container and its work
                 # directory is removed.
-                if self._writedir_key is None:
+                if self._writedir_lock < 0:
                     _core.release(self._mntns_fd)
                 else:
                     os.close(self._mntns_fd)
                 self._mntns_fd = -1
             _spawn.remove_workdir(self._workdir)
             self._workdir = None
-            _spawn.release_writedir(self._writedir_key)
-            self._writedir_key = None
+            _spawn.release_writedir(self._writedir_lock)
+            self._writedir_lock = -1
 
     # -- communicating -------------------------------------------------
 
@@ -367,6 +369,64 @@ class Process:
     def kill(self) -> None:
         """Send SIGKILL: always ends the program and everything in its container."""
         self.send_signal(signal_module.SIGKILL)
+
+    # -- what it changed ----------------------------------------------------
+
+    def changes(self, format: str | None = None) -> list[Change] | list[str]:
+        """What the program changed in its root filesystem, during or after its run.
+
+        A sorted list of :class:`pycontain.Change` (path inside the container,
+        ``added``/``modified``/``deleted``, kind, size), decoded from the
+        writable layer against the layers (docs/changes.md); with
+        ``format="docker"``, ``docker diff``'s lines (``A /path``, ``C``,
+        ``D``). Needs ``writedir=`` for now.
+        """
+        if format not in (None, "docker"):
+            raise ValueError(f"format must be None or 'docker', not {format!r}")
+        with self._upper() as upper:
+            found = _changes.read_changes(upper, self.container._plan.layer_paths)
+        return _changes.docker_lines(found) if format == "docker" else found
+
+    def commit(self, path: StrOrBytesPath) -> StrOrBytesPath:
+        """Copy the writable layer to ``path`` (which must not exist) as a new layer.
+
+        Deletions stay deleted (whiteouts and opaque directories are kept),
+        so ``container.replace(layers=[path, *container.layers])`` starts
+        where this program left off. Written beside ``path`` and renamed into
+        place. Returns ``path``.
+        """
+        destination = _spawn.to_bytes(path, "path")
+        with self._upper() as upper:
+            _changes.commit(upper, destination)
+        return path
+
+    def apply_to(self, host_dir: StrOrBytesPath, select: _changes.Select = None) -> list[Change]:
+        """Make ``host_dir`` show the chosen changes ("review, then keep").
+
+        ``select``: a callable taking a :class:`pycontain.Change`, or a list
+        of container paths (each with what is below it); default all.
+        Files, symlinks and directories are copied, deletions removed;
+        device nodes, fifos and sockets are not applied and set-user-ID and
+        set-group-ID bits are dropped. Never follows a symlink. Returns the
+        changes applied.
+        """
+        with self._upper() as upper:
+            found = _changes.read_changes(upper, self.container._plan.layer_paths)
+            return _changes.apply_to(upper, found, _spawn.to_bytes(host_dir, "host_dir"), select)
+
+    @contextlib.contextmanager
+    def _upper(self) -> Iterator[int]:
+        plan = self.container._plan
+        if plan.writedir_path is None:
+            raise ValueError(
+                "pycontain: changes(), commit() and apply_to() need a container with "
+                "writedir=: the throwaway writable layer is not kept readable yet"
+            )
+        fd = os.open(plan.writedir_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     # -- cleanup ---------------------------------------------------------
 

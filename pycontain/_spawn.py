@@ -8,6 +8,7 @@ gets only bytes and open fds (see docs/spawn.md).
 from __future__ import annotations
 
 import errno
+import fcntl
 import math
 import os
 import resource
@@ -114,7 +115,7 @@ class Prepared:
     work_path: bytes | None = None
     work_fd: int = -1
     created_workdir: bytes | None = None
-    writedir_key: tuple[int, int] | None = None
+    writedir_lock: int = -1  # an fd holding the writedir's flock
     # fds for 0, 1, 2 (-1: inherit) and further fds to pass; not owned here.
     stdio: tuple[int, int, int] = (-1, -1, -1)
     pass_fds: tuple[int, ...] = ()
@@ -130,8 +131,8 @@ class Prepared:
         self.close_fds()
         remove_workdir(self.created_workdir)
         self.created_workdir = None
-        release_writedir(self.writedir_key)
-        self.writedir_key = None
+        release_writedir(self.writedir_lock)
+        self.writedir_lock = -1
 
 
 @dataclass
@@ -220,29 +221,59 @@ def settings(
     return checked
 
 
-# Writable layers of running containers started by this process, by (device,
-# inode): overlayfs leaves two mounts sharing an upper directory undefined.
-_writedirs_in_use: set[tuple[int, int]] = set()
-_writedirs_lock = threading.Lock()
+# Writable layers in use: overlayfs leaves two mounts sharing an upper
+# directory undefined ("upperdir is in-use"), so a spawn takes an exclusive
+# flock on the writedir, on an fd of its own, for the container's life. A
+# flock belongs to the open file description: it stops a second container
+# of this process and of any other process alike, and it goes when the
+# holder closes the fd or dies. Forked children close their copies (at fork)
+# so that a multiprocessing worker does not keep a writedir locked.
+_writedir_locks: set[int] = set()
+_writedir_locks_guard = threading.Lock()
 
 
-def _claim_writedir(fd: int, path: bytes) -> tuple[int, int]:
-    info = os.fstat(fd)
-    key = (info.st_dev, info.st_ino)
-    with _writedirs_lock:
-        if key in _writedirs_in_use:
-            raise ValueError(
-                f"writedir {os.fsdecode(path)!r} is the writable layer of a running container; "
-                "overlayfs does not allow two at once"
-            )
-        _writedirs_in_use.add(key)
-    return key
+def _lock_writedir(upper_fd: int, path: bytes) -> int:
+    """An fd of the writedir holding its lock; ValueError if another holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise spawn_error("writedir", error.errno or 0, os.fsdecode(path)) from None
+    try:
+        first, now = os.fstat(upper_fd), os.fstat(fd)
+        if (first.st_dev, first.st_ino) != (now.st_dev, now.st_ino):
+            raise spawn_error("writedir", errno.ESTALE, os.fsdecode(path))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(
+            f"writedir {os.fsdecode(path)!r} is the writable layer of a running container "
+            "(of this or another process); overlayfs does not allow two at once"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    with _writedir_locks_guard:
+        _writedir_locks.add(fd)
+    return fd
 
 
-def release_writedir(key: tuple[int, int] | None) -> None:
-    if key is not None:
-        with _writedirs_lock:
-            _writedirs_in_use.discard(key)
+def release_writedir(fd: int) -> None:
+    if fd >= 0:
+        with _writedir_locks_guard:
+            _writedir_locks.discard(fd)
+        os.close(fd)
+
+
+def _close_writedir_locks_in_child() -> None:
+    for fd in _writedir_locks:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _writedir_locks.clear()
+
+
+os.register_at_fork(after_in_child=_close_writedir_locks_in_child)
 
 
 def remove_workdir(path: bytes | None) -> None:
@@ -313,20 +344,15 @@ def plan(
     workdir_path = None if workdir is None else to_bytes(workdir, "workdir")
     if workdir_path is not None and writedir_path is None:
         raise ValueError("workdir is only used together with writedir")
-    # Where the layers really are, for the overlap checks (not needed for one
-    # layer and no writedir).
-    real_layers = (
-        [os.path.realpath(layer) for layer in layer_paths]
-        if len(layer_paths) > 1 or writedir_path is not None
-        else []
-    )
+    # Where the layers really are, for the nesting check (not needed for one).
+    real_layers = [os.path.realpath(layer) for layer in layer_paths] if len(layer_paths) > 1 else []
     _check_layers_apart(layer_paths, real_layers)
     scratch_dir()
     for layer in layer_paths:
         os.close(open_directory(layer, "layer"))
     if writedir_path is not None:
         os.close(open_directory(writedir_path, "writedir"))
-        _check_writedir(writedir_path, layer_paths, real_layers)
+        _check_writedir(writedir_path, layer_paths)
         if workdir_path is None:
             _check_workdir_room(writedir_path)
         else:
@@ -373,7 +399,7 @@ def prepare(
             prepared.layer_fds.append(open_directory(layer, "layer"))
         if plan.writedir is not None:
             prepared.upper_fd = open_directory(plan.writedir, "writedir")
-            prepared.writedir_key = _claim_writedir(prepared.upper_fd, plan.writedir)
+            prepared.writedir_lock = _lock_writedir(prepared.upper_fd, plan.writedir)
             if plan.workdir is None:
                 prepared.created_workdir = _make_workdir(plan.writedir)
                 workdir = prepared.created_workdir
@@ -400,13 +426,33 @@ def _check_layers_apart(layers: list[bytes], real: list[bytes]) -> None:
                 )
 
 
-def _check_writedir(writedir: bytes, layers: list[bytes], real_layers: list[bytes]) -> None:
-    real = os.path.realpath(writedir)
-    for layer, real_layer in zip(layers, real_layers, strict=True):
-        if _inside(real, real_layer) or _inside(real_layer, real):
+def _identities(path: bytes) -> list[tuple[int, int]]:
+    """(device, inode) of ``path`` and of each directory above it, up to "/".
+
+    Compared by identity rather than by name, so that a symlink or a bind
+    mount (of "/" elsewhere, say) cannot hide that two directories nest.
+    """
+    found = []
+    current = os.path.realpath(path)
+    while True:
+        info = os.stat(current)
+        found.append((info.st_dev, info.st_ino))
+        if current == b"/":
+            return found
+        current = os.path.dirname(current)
+
+
+def _check_writedir(writedir: bytes, layers: list[bytes]) -> None:
+    # Overlayfs allows the writable layer inside a layer (the host's "/" as
+    # a layer with a writedir on it is the common case): looked up through
+    # the overlay, the writedir and its work directory are then unreachable
+    # (ELOOP). It refuses a layer that is the writable layer or is inside it.
+    writedir_id = _identities(writedir)[0]
+    for layer in layers:
+        if writedir_id in _identities(layer):
             raise ValueError(
-                f"writedir {os.fsdecode(writedir)!r} overlaps layer {os.fsdecode(layer)!r}; "
-                "overlayfs needs them to be separate trees"
+                f"writedir {os.fsdecode(writedir)!r} overlaps layer {os.fsdecode(layer)!r}: "
+                "the layer is the writedir or inside it, which overlayfs refuses"
             )
 
 

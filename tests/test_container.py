@@ -147,9 +147,10 @@ def test_missing_layer_raises_when_made(rootfs, tmp_path):
     assert info.value.filename == str(missing)
 
 
-def test_overlapping_writedir_raises_when_made(rootfs):
+def test_overlapping_writedir_raises_when_made(rootfs, tmp_path):
+    (tmp_path / "w" / "layer").mkdir(parents=True)
     with pytest.raises(ValueError, match="overlaps"):
-        Container(layers=[rootfs], writedir=os.path.join(rootfs, "bin"))
+        Container(layers=[tmp_path / "w" / "layer", rootfs], writedir=tmp_path / "w")
 
 
 def test_a_layer_removed_after_it_was_made_fails_the_spawn(rootfs, tmp_path, no_leaks):

@@ -91,7 +91,9 @@ def test_mix_with_argument_errors_leaves_nothing_behind(rootfs, tmp_path):
             with pytest.raises(ValueError):
                 pycontain.Process(["/bin/true"], layers=[rootfs], env={"A=B": "x"})
             with pytest.raises(ValueError):
-                pycontain.Process(["/bin/true"], layers=[tmp_path], writedir=tmp_path / "upper")
+                pycontain.Process(
+                    ["/bin/true"], layers=[tmp_path / "upper"], writedir=tmp_path / "upper"
+                )
             with pytest.raises(FileNotFoundError):
                 pycontain.Process(
                     ["/bin/true"],
