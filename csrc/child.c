@@ -116,6 +116,8 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
     mode_t caller_umask = umask(0);
 
     pc_trace(request, PC_STEP_NONE);
+    /* First, so that all the container does, its own set-up too, is limited and counted. */
+    STEP(PC_STEP_JOIN_CGROUP, pc_cgroup_join(args, err));
     STEP(PC_STEP_SIGNALS, reset_signal_handlers(args, err));
     if (args->netns_fd >= 0 && setns(args->netns_fd, CLONE_NEWNET) < 0)
         return pc_fail(err, PC_STEP_JOIN_NETNS, errno, NULL);

@@ -28,9 +28,14 @@
 #ifndef CLONE_CLEAR_SIGHAND
 #define CLONE_CLEAR_SIGHAND 0x100000000ULL /* clone3 only, Linux 5.5 */
 #endif
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL /* clone3 only, Linux 5.7 */
+#endif
 /* The first version of struct clone_args (Linux 5.3): asking for no more
- * than this keeps clone3 usable on every kernel that has it. */
+ * than this keeps clone3 usable on every kernel that has it. The third
+ * (Linux 5.7) adds the cgroup, asked for only with CLONE_INTO_CGROUP. */
 #define CLONE_ARGS_SIZE_VER0 64
+#define CLONE_ARGS_SIZE_VER2 88
 
 #if defined(__x86_64__)
 #define HAVE_CLONE3_TRAMPOLINE 1
@@ -69,9 +74,10 @@ long pc_clone3_raw(struct clone_args *args, size_t size, int (*fn)(void *), void
 #endif
 
 /* Set once clone3 said ENOSYS (old kernel, or a seccomp policy that hides
- * it), or EINVAL to CLONE_CLEAR_SIGHAND (Linux 5.3, 5.4); racing threads at
- * worst both try once. */
-static volatile int clone3_missing, clear_sighand_missing;
+ * it), EINVAL to CLONE_CLEAR_SIGHAND (Linux 5.3, 5.4), or E2BIG or EINVAL to
+ * CLONE_INTO_CGROUP (before Linux 5.7); racing threads at worst both try
+ * once. */
+static volatile int clone3_missing, clear_sighand_missing, into_cgroup_missing;
 
 static pid_t clone_legacy(unsigned long flags, int (*fn)(void *), void *arg, void *stack,
                           size_t stack_size, int *pidfd)
@@ -82,44 +88,66 @@ static pid_t clone_legacy(unsigned long flags, int (*fn)(void *), void *arg, voi
 }
 
 pid_t pc_clone(unsigned long namespaces, int (*fn)(void *), void *arg, void *stack,
-               size_t stack_size, int *pidfd, int force_legacy, int *handlers_cleared)
+               size_t stack_size, int *pidfd, int force_legacy, int *handlers_cleared,
+               int cgroup_fd, int *in_cgroup)
 {
     unsigned long flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD | namespaces;
 
     *handlers_cleared = 0;
+    *in_cgroup = 0;
 #if HAVE_CLONE3_TRAMPOLINE
     if (!force_legacy && !clone3_missing) {
         struct clone_args args;
+        int into_cgroup = cgroup_fd >= 0 && !into_cgroup_missing;
         long ret;
 
-        memset(&args, 0, sizeof args);
-        /* CLONE_CLEAR_SIGHAND: the kernel resets every caught signal to its
-         * default in the child, instead of the child asking about all 64. */
-        args.flags = flags | (clear_sighand_missing ? 0 : CLONE_CLEAR_SIGHAND);
-        args.pidfd = (uint64_t)(uintptr_t)pidfd;
-        args.exit_signal = SIGCHLD;
-        args.stack = (uint64_t)(uintptr_t)stack;
-        args.stack_size = stack_size;
-        /* Written before the child exists; it reads it from shared memory. */
-        *handlers_cleared = !clear_sighand_missing;
-        ret = pc_clone3_raw(&args, CLONE_ARGS_SIZE_VER0, fn, arg);
-        if (ret == -EINVAL && !clear_sighand_missing) {
-            clear_sighand_missing = 1;
-            *handlers_cleared = 0;
-            args.flags = flags;
-            ret = pc_clone3_raw(&args, CLONE_ARGS_SIZE_VER0, fn, arg);
+        for (;;) {
+            memset(&args, 0, sizeof args);
+            /* CLONE_CLEAR_SIGHAND: the kernel resets every caught signal to
+             * its default in the child, instead of the child asking about
+             * all 64. CLONE_INTO_CGROUP: the child starts in its cgroup,
+             * atomically, rather than moving itself there. */
+            args.flags = flags | (clear_sighand_missing ? 0 : CLONE_CLEAR_SIGHAND) |
+                         (into_cgroup ? CLONE_INTO_CGROUP : 0);
+            args.pidfd = (uint64_t)(uintptr_t)pidfd;
+            args.exit_signal = SIGCHLD;
+            args.stack = (uint64_t)(uintptr_t)stack;
+            args.stack_size = stack_size;
+            args.cgroup = into_cgroup ? (uint64_t)cgroup_fd : 0;
+            /* Written before the child exists; it reads them from shared
+             * memory. */
+            *handlers_cleared = !clear_sighand_missing;
+            *in_cgroup = into_cgroup;
+            ret = pc_clone3_raw(&args, into_cgroup ? CLONE_ARGS_SIZE_VER2 : CLONE_ARGS_SIZE_VER0,
+                                fn, arg);
+            if (ret >= 0)
+                return (pid_t)ret;
+            if (into_cgroup) {
+                /* Whatever the reason (an old kernel, or one the child's
+                 * own write to cgroup.procs will then name precisely), the
+                 * child joins the cgroup itself. */
+                if (ret == -E2BIG || ret == -EINVAL)
+                    into_cgroup_missing = 1;
+                into_cgroup = 0;
+                continue;
+            }
+            if (ret == -EINVAL && !clear_sighand_missing) {
+                clear_sighand_missing = 1;
+                continue;
+            }
+            break;
         }
-        if (ret >= 0)
-            return (pid_t)ret;
+        *handlers_cleared = 0;
+        *in_cgroup = 0;
         if (ret != -ENOSYS) {
             errno = (int)-ret;
             return -1;
         }
         clone3_missing = 1;
-        *handlers_cleared = 0;
     }
 #else
     (void)force_legacy;
+    (void)cgroup_fd;
 #endif
     return clone_legacy(flags, fn, arg, stack, stack_size, pidfd);
 }

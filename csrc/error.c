@@ -7,6 +7,7 @@ static const char *const step_names[PC_STEP_COUNT] = {
     [PC_STEP_NONE] = "none",
     [PC_STEP_PREPARE] = "prepare",
     [PC_STEP_CLONE] = "clone",
+    [PC_STEP_JOIN_CGROUP] = "join-cgroup",
     [PC_STEP_SIGNALS] = "reset-signals",
     [PC_STEP_JOIN_NETNS] = "join-netns",
     [PC_STEP_MAKE_PRIVATE] = "make-private",

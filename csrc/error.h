@@ -22,6 +22,7 @@ enum pc_step {
     PC_STEP_PREPARE, /* building overlay options, stack, pipe */
     PC_STEP_CLONE,   /* clone3 / clone with the namespace flags */
     /* child side, see child.c */
+    PC_STEP_JOIN_CGROUP,  /* writing "0" to the container's cgroup.procs */
     PC_STEP_SIGNALS,      /* resetting signal dispositions */
     PC_STEP_JOIN_NETNS,   /* setns into a pooled network namespace */
     PC_STEP_MAKE_PRIVATE, /* mount --make-rprivate / */

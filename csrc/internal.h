@@ -11,6 +11,7 @@
  *   rootfs.c   child side: overlay, /proc, /sys, /dev, pivot_root
  *   fds.c      child side: standard streams, pass_fds, closing the rest
  *   identity.c child side: hostname, rlimits, groups, gid, uid
+ *   cgroup.c   child side: joining the container's cgroup
  *   overlay.c  parent side: the overlayfs mount options
  *   error.c    error records (convention in error.h)
  */
@@ -52,6 +53,7 @@ struct pc_child_args {
     int error_fd;         /* write end of the close-on-exec error pipe */
     int netns_fd;         /* a pooled network namespace to join, or -1 */
     int handlers_cleared; /* the kernel reset caught signals (CLONE_CLEAR_SIGHAND) */
+    int in_cgroup;        /* the clone put it in its cgroup (CLONE_INTO_CGROUP) */
 };
 
 /* nsworker.c: a fresh network namespace's fd (close-on-exec), or -1 when
@@ -80,9 +82,11 @@ void pc_overlay_release(struct pc_overlay *overlay);
  * CLONE_VM | CLONE_VFORK | CLONE_PIDFD | `namespaces`. Returns the pid, or -1
  * with errno set. The calling thread is suspended until the child execs or
  * exits. *handlers_cleared says whether the kernel has reset the child's
- * caught signals to their defaults. */
+ * caught signals to their defaults; *in_cgroup whether it started the child
+ * in the cgroup v2 directory `cgroup_fd` (-1: none). */
 pid_t pc_clone(unsigned long namespaces, int (*fn)(void *), void *arg, void *stack,
-               size_t stack_size, int *pidfd, int force_legacy, int *handlers_cleared);
+               size_t stack_size, int *pidfd, int force_legacy, int *handlers_cleared,
+               int cgroup_fd, int *in_cgroup);
 
 /* child.c: the child's entry point; never returns. */
 int pc_child_main(void *child_args);
@@ -99,6 +103,9 @@ int pc_read_messages(int fd, int timeout_ms, pid_t *pid, int *hook, struct pc_er
 /* fds.c (child side, async-signal-safe) */
 int pc_fds_setup_stdio(const struct pc_spawn_request *request, struct pc_error *err);
 int pc_fds_close_others(const struct pc_spawn_request *request, struct pc_error *err);
+
+/* cgroup.c (child side, async-signal-safe) */
+int pc_cgroup_join(const struct pc_child_args *args, struct pc_error *err);
 
 /* identity.c (child side, async-signal-safe) */
 int pc_identity_apply(const struct pc_spawn_request *request, struct pc_error *err);

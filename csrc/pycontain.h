@@ -101,6 +101,16 @@ struct pc_spawn_request {
      * has one ready; 0: always make it during clone. */
     int use_netns_pool;
 
+    /* The container's cgroup, which the caller created (pycontain/_cgroup.py):
+     * `cgroup_fd` is a cgroup v2 directory for clone3's CLONE_INTO_CGROUP
+     * (-1: none), and `cgroup_procs_fds` are its cgroup.procs (or one per
+     * cgroup v1 hierarchy), opened for writing, which the child writes "0"
+     * to as its first step when the clone did not already put it there.
+     * No count: no cgroup. */
+    int cgroup_fd;
+    const int *cgroup_procs_fds;
+    size_t cgroup_procs_fd_count;
+
     /* NULL, or code to run at hook points: such a request must be spawned
      * with the fork path (pc_fork_*), not pc_spawn. */
     const struct pc_hooks *hooks;

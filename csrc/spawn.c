@@ -169,7 +169,9 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
     pthread_sigmask(SIG_SETMASK, &all_signals, &child_args.parent_mask);
     pc_trace(request, PC_STEP_PREPARE);
     pid = pc_clone(namespaces, pc_child_main, &child_args, stack, CHILD_STACK_SIZE, &pidfd,
-                   request->force_legacy_clone, &child_args.handlers_cleared);
+                   request->force_legacy_clone, &child_args.handlers_cleared,
+                   request->cgroup_procs_fd_count > 0 ? request->cgroup_fd : -1,
+                   &child_args.in_cgroup);
     clone_errno = errno;
     pc_trace(request, PC_STEP_CLONE);
     pthread_sigmask(SIG_SETMASK, &child_args.parent_mask, NULL);

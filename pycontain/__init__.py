@@ -15,7 +15,7 @@ from ._errors import CallbackError, SpawnError, TimeoutExpired
 from ._io import DEVNULL, PIPE, STDOUT
 from ._netns import netns_pool_status, set_netns_pool
 from ._process import Process
-from ._run import run
+from ._run import CompletedProcess, run
 
 __all__ = [
     "DEVNULL",
@@ -24,6 +24,7 @@ __all__ = [
     "AsyncProcess",
     "CallbackError",
     "Change",
+    "CompletedProcess",
     "Container",
     "Process",
     "SpawnError",

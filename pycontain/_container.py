@@ -20,21 +20,23 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-import subprocess
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-from . import _callbacks, _spawn
+from . import _callbacks, _cgroup, _spawn
 from ._io import Stream
 from ._spawn import Env, StrOrBytesPath
 
 if TYPE_CHECKING:
     from ._asyncio import AsyncProcess
     from ._process import Process
+    from ._run import CompletedProcess
 
 __all__ = ["Container"]
 
 RLimits = Mapping[str | int, int | tuple[int | None, int | None]]
+# limits={"memory": "512M", "swap": 0, "pids": 64, "cpu": 1.5, "cpu_weight": 100}
+ResourceLimits = Mapping[str, int | float | str | None]
 
 
 # -- the keyword declarations, for type checkers and help() ------------------------------
@@ -55,6 +57,7 @@ class ContainerSettings(TypedDict, total=False):
     umask: int | None
     pre_pivot: _callbacks.Callback | None
     netns_pool: bool
+    limits: ResourceLimits | None
 
 
 class _Layers(TypedDict, total=False):
@@ -164,7 +167,10 @@ class Container:
     are applied inside the container by the C core; ``pre_pivot`` is a
     Python callback that prepares the root before ``pivot_root``
     (docs/callbacks.md); ``netns_pool=False`` makes each network namespace
-    during the spawn instead of taking one made ahead of time.
+    during the spawn instead of taking one made ahead of time. ``limits``
+    (``{"memory": "512M", "swap": 0, "pids": 64, "cpu": 1.5, "cpu_weight":
+    100}``, any subset; ``{}`` only counts) gives each program's container a
+    cgroup of its own (README, "Limits and accounting").
 
     A Container is an immutable value: checked when made (bad values raise
     here, as a spawn would), comparable, hashable, picklable (when its
@@ -185,6 +191,7 @@ class Container:
     umask: int | None = None
     pre_pivot: _callbacks.Callback | None = None
     netns_pool: bool = True
+    limits: ResourceLimits | None = None
     # Checked and encoded once, reused by every spawn (not part of the value).
     _plan: _spawn.ContainerPlan = dataclasses.field(
         init=False, repr=False, compare=False, hash=False
@@ -208,12 +215,14 @@ class Container:
             umask=self.umask,
         )
         _callbacks.require_callable("pre_pivot", self.pre_pivot)
+        limits = _cgroup.parse_limits(self.limits)
         plan = _spawn.plan(
             layers=layers,
             writedir=self.writedir,
             workdir=self.workdir,
             settings=settings,
             netns_pool=bool(self.netns_pool),
+            limits=limits,
         )
         # Normalised, so that equal descriptions compare (and hash) equal.
         set_field = object.__setattr__
@@ -224,6 +233,8 @@ class Container:
             set_field(self, "rlimits", _FrozenMapping(self.rlimits))
         set_field(self, "groups", groups)
         set_field(self, "netns_pool", bool(self.netns_pool))
+        if self.limits is not None:
+            set_field(self, "limits", _FrozenMapping(self.limits))
         set_field(self, "_plan", plan)
 
     # -- value semantics ----------------------------------------------------
@@ -277,7 +288,7 @@ class Container:
         timeout: float | None = None,
         check: bool = False,
         **program: Unpack[RunProgramSettings],
-    ) -> subprocess.CompletedProcess[Any]:
+    ) -> CompletedProcess:
         """As ``subprocess.run``, in a new container made from this one."""
         from ._run import run_in
 

@@ -10,6 +10,13 @@
 #include <unistd.h>
 #include <sched.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
 
 #include "pycontain.h"
 
@@ -203,14 +210,17 @@ PyDoc_STRVAR(spawn_doc,
              "      upper_fd, work_path, work_fd, scratch_dir, namespaces, stdio, pass_fds,\n"
              "      hostname, rlimits, groups, gid, uid, umask, force_legacy_clone=False,\n"
              "      trace=None, pre_pivot=None, pre_exec=None, format_exception=None,\n"
-             "      timeout_ms=-1, use_netns_pool=True) -> (pid, pidfd, mntns_fd)\n\n"
+             "      timeout_ms=-1, use_netns_pool=True, cgroup_fd=-1, cgroup_procs_fds=[])\n"
+             "      -> (pid, pidfd, mntns_fd)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
              "None or a list of gids. Raises StepError(step, errno, detail) on failure.\n"
              "trace: a writable buffer of STEP_COUNT native unsigned long longs that\n"
              "receives when each step ended (CLOCK_MONOTONIC ns), for benchmarks.\n"
              "With pre_pivot/pre_exec (callables) or timeout_ms >= 0 the fork path is\n"
-             "used; format_exception(exc) -> (errno, bytes) formats a hook's exception.");
+             "used; format_exception(exc) -> (errno, bytes) formats a hook's exception.\n"
+             "cgroup_fd: a cgroup v2 directory to clone into; cgroup_procs_fds: the\n"
+             "cgroup.procs files the child writes \"0\" to otherwise.");
 
 static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -241,19 +251,21 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "format_exception",
                                "timeout_ms",
                                "use_netns_pool",
+                               "cgroup_fd",
+                               "cgroup_procs_fds",
                                NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *rlimit_list;
     PyObject *group_list, *result = NULL, *trace = Py_None;
     PyObject *pre_pivot = Py_None, *pre_exec = Py_None, *format_exception = Py_None;
     struct python_hooks python_hooks = {0};
     struct pc_hooks hooks = {.run = run_python_hook, .context = &python_hooks};
-    int timeout_ms = -1, use_netns_pool = 1;
+    int timeout_ms = -1, use_netns_pool = 1, cgroup_fd = -1;
     Py_buffer trace_buffer = {0};
     const char *scratch_dir, *upper_path, *work_path, *hostname;
     unsigned long namespaces;
     long long gid, uid;
     int upper_fd, work_fd, umask_value, force_legacy_clone = 0, rc;
-    struct int_list layer_fds = {0}, stdio = {0}, pass_fds = {0};
+    struct int_list layer_fds = {0}, stdio = {0}, pass_fds = {0}, cgroup_procs_fds = {0};
     struct pc_spawn_request request = {0};
     struct pc_rlimit *rlimits = NULL;
     gid_t *groups = NULL;
@@ -263,13 +275,13 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 
     (void)module;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOip", keywords, &argv_list, &envp_list,
+            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&", keywords, &argv_list, &envp_list,
             &exec_list, &cwd, &layer_path_list, convert_int_list, &layer_fds,
             convert_optional_bytes, &upper_path, &upper_fd, convert_optional_bytes, &work_path,
             &work_fd, &scratch_dir, &namespaces, convert_int_list, &stdio, convert_int_list,
             &pass_fds, convert_optional_bytes, &hostname, &rlimit_list, &group_list, &gid, &uid,
             &umask_value, &force_legacy_clone, &trace, &pre_pivot, &pre_exec, &format_exception,
-            &timeout_ms, &use_netns_pool))
+            &timeout_ms, &use_netns_pool, &cgroup_fd, convert_int_list, &cgroup_procs_fds))
         return NULL;
     if (cwd != Py_None && !PyBytes_Check(cwd)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -363,6 +375,9 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     request.umask = umask_value;
     request.force_legacy_clone = force_legacy_clone;
     request.use_netns_pool = use_netns_pool;
+    request.cgroup_fd = cgroup_fd;
+    request.cgroup_procs_fds = cgroup_procs_fds.items;
+    request.cgroup_procs_fd_count = cgroup_procs_fds.count;
 
     if (pre_pivot != Py_None || pre_exec != Py_None) {
         if ((pre_pivot != Py_None && !PyCallable_Check(pre_pivot)) ||
@@ -406,6 +421,7 @@ done:
     PyMem_Free(layer_fds.items);
     PyMem_Free(stdio.items);
     PyMem_Free(pass_fds.items);
+    PyMem_Free(cgroup_procs_fds.items);
     PyMem_Free(rlimits);
     PyMem_Free(groups);
     if (trace_buffer.obj != NULL)
@@ -461,7 +477,41 @@ static PyObject *core_release(PyObject *module, PyObject *arg)
     return PyBool_FromLong(pc_nsworker_release((int)fd) == 0);
 }
 
+/* os.waitid does not pass the raw syscall's fifth argument, the rusage of
+ * the child and the children it waited for. */
+static PyObject *core_wait_pidfd(PyObject *module, PyObject *args)
+{
+    int pidfd, options, rc;
+    siginfo_t info;
+    struct rusage usage;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "ii", &pidfd, &options))
+        return NULL;
+    memset(&info, 0, sizeof info);
+    memset(&usage, 0, sizeof usage);
+    do {
+        Py_BEGIN_ALLOW_THREADS rc =
+            (int)syscall(SYS_waitid, P_PIDFD, pidfd, &info, options, &usage);
+        Py_END_ALLOW_THREADS
+    } while (rc < 0 && errno == EINTR && PyErr_CheckSignals() == 0);
+    if (rc < 0)
+        return PyErr_Occurred() ? NULL : PyErr_SetFromErrno(PyExc_OSError);
+    if (info.si_pid == 0) /* WNOHANG, and it has not exited yet */
+        Py_RETURN_NONE;
+    return Py_BuildValue("(ii(ddllllllllllllll))", info.si_code, info.si_status,
+                         (double)usage.ru_utime.tv_sec + (double)usage.ru_utime.tv_usec * 1e-6,
+                         (double)usage.ru_stime.tv_sec + (double)usage.ru_stime.tv_usec * 1e-6,
+                         usage.ru_maxrss, usage.ru_ixrss, usage.ru_idrss, usage.ru_isrss,
+                         usage.ru_minflt, usage.ru_majflt, usage.ru_nswap, usage.ru_inblock,
+                         usage.ru_oublock, usage.ru_msgsnd, usage.ru_msgrcv, usage.ru_nsignals,
+                         usage.ru_nvcsw, usage.ru_nivcsw);
+}
+
 static PyMethodDef core_methods[] = {
+    {"wait_pidfd", core_wait_pidfd, METH_VARARGS,
+     "wait_pidfd(pidfd, options) -> None | (si_code, si_status, rusage fields): waitid(P_PIDFD)\n"
+     "with the rusage os.waitid leaves out; None when WNOHANG found it still running"},
     {"release", core_release, METH_O,
      "release(fd) -> bool: close a namespace reference on the worker thread (True), or\n"
      "here when it is not running (False)"},

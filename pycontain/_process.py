@@ -6,6 +6,7 @@ import contextlib
 import errno
 import math
 import os
+import resource
 import select
 import selectors
 import signal as signal_module
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Any, Unpack
 
-from . import _callbacks, _changes, _container, _core, _io, _netns, _spawn
+from . import _callbacks, _cgroup, _changes, _container, _core, _io, _netns, _spawn
 from ._changes import Change
 from ._container import Container, ProcessSettings, ProgramSettings
 from ._errors import TimeoutExpired
@@ -27,11 +28,9 @@ from ._spawn import Env, StrOrBytesPath
 __all__ = ["Process"]
 
 
-def _returncode(info: Any) -> int:
+def _returncode(code: int, status: int) -> int:
     # Same convention as subprocess: -N when killed by signal N.
-    if info.si_code == os.CLD_EXITED:
-        return int(info.si_status)
-    return -int(info.si_status)
+    return status if code == os.CLD_EXITED else -status
 
 
 class Process:
@@ -58,6 +57,12 @@ class Process:
     ahead of time (:func:`pycontain.set_netns_pool`) when it has one ready;
     ``netns_pool=False`` makes it during the spawn instead.
 
+    ``limits`` (``{"memory": "512M", "swap": 0, "pids": 64, "cpu": 1.5,
+    "cpu_weight": 100}``, any subset; ``{}`` counts without limiting) gives
+    the container a cgroup of its own. After the reap, ``rusage`` (always)
+    and, with ``limits``, ``memory_peak``, ``cpu_time`` and ``oom_killed``
+    say what it used.
+
     Raises ``ValueError``/``TypeError`` for bad arguments, an ``OSError``
     subclass naming the directory for a missing or non-directory layer, and a
     :class:`pycontain.SpawnError` (also the matching ``OSError`` subclass)
@@ -72,6 +77,15 @@ class Process:
     _mntns_fd: int = -1
     _workdir: bytes | None = None
     _writedir_lock: int = -1
+    _cgroup: _cgroup.Cgroup | None = None
+    # Accounting, set when the program has been reaped: its rusage (with the
+    # processes it waited for), and from its cgroup (limits= only) the peak
+    # memory in bytes, the CPU seconds of every process in it, and whether
+    # the OOM killer ended one of them.
+    rusage: resource.struct_rusage | None = None
+    memory_peak: int | None = None
+    cpu_time: float | None = None
+    oom_killed: bool | None = None
 
     def __init__(
         self,
@@ -161,18 +175,27 @@ class Process:
         prepared.stdio = (streams.child[0], streams.child[1], streams.child[2])
         if container.netns_pool:
             _netns.ensure_pool()
+        cgroup = None
         try:
+            if container._plan.limits is not None:
+                cgroup = _cgroup.create(container._plan.limits)
             self.pid, self._pidfd, self._mntns_fd = _spawn.spawn(
                 prepared,
                 force_legacy_clone=_force_legacy_clone,
                 hooks=_callbacks.spawn_arguments(container.pre_pivot, pre_exec),
                 timeout=timeout,
                 args=args,
+                cgroup=cgroup,
             )
         except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
             prepared.release()
             streams.close_all()
             raise
+        if cgroup is not None:
+            cgroup.close_fds()
+            self._cgroup = cgroup
         prepared.close_fds()
         streams.close_child_ends()
         self._workdir = prepared.created_workdir
@@ -245,17 +268,28 @@ class Process:
     def _reap_locked(self, fd: int) -> int | None:
         if self.returncode is None:
             try:
-                info = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
+                reaped = _core.wait_pidfd(fd, os.WEXITED | os.WNOHANG)
             except ChildProcessError:
                 # Reaped behind our back (SIGCHLD set to SIG_IGN, or a stray
                 # os.wait()): the status is lost; subprocess reports 0 too.
                 self.returncode = 0
             else:
-                if info is None:
+                if reaped is None:
                     return None
-                self.returncode = _returncode(info)
+                self.returncode = _returncode(reaped[0], reaped[1])
+                self.rusage = resource.struct_rusage(reaped[2])
+            self._finish_cgroup()
             self._close_if_done_locked()
         return self.returncode
+
+    def _finish_cgroup(self) -> None:
+        # Every process of the container is gone once its PID 1 is reaped.
+        cgroup, self._cgroup = self._cgroup, None
+        if cgroup is not None:
+            usage = cgroup.usage()
+            self.memory_peak, self.cpu_time = usage.memory_peak, usage.cpu_time
+            self.oom_killed = usage.oom_killed
+            cgroup.remove()
 
     def _close_if_done_locked(self) -> None:
         if self.returncode is not None and self._users == 0 and self._pidfd >= 0:
@@ -369,6 +403,9 @@ class Process:
     def kill(self) -> None:
         """Send SIGKILL: always ends the program and everything in its container."""
         self.send_signal(signal_module.SIGKILL)
+        cgroup = self._cgroup
+        if cgroup is not None:
+            cgroup.kill()  # cgroup v2: all at once, rather than PID 1's exit doing it
 
     # -- what it changed ----------------------------------------------------
 

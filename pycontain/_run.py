@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 from collections.abc import Iterable, Sequence
 from typing import Any, Unpack
@@ -14,6 +15,15 @@ from ._process import Process
 from ._spawn import StrOrBytesPath
 
 
+class CompletedProcess(subprocess.CompletedProcess[Any]):
+    """``subprocess.CompletedProcess`` plus what the container used (see Process)."""
+
+    rusage: resource.struct_rusage | None = None
+    memory_peak: int | None = None
+    cpu_time: float | None = None
+    oom_killed: bool | None = None
+
+
 def run(
     args: StrOrBytesPath | Sequence[StrOrBytesPath],
     *,
@@ -23,7 +33,7 @@ def run(
     timeout: float | None = None,
     check: bool = False,
     **settings: Unpack[RunSettings],
-) -> subprocess.CompletedProcess[Any]:
+) -> CompletedProcess:
     """Run ``args`` in a container, wait for it, return a CompletedProcess.
 
     As ``subprocess.run``: ``input`` is sent to stdin, ``capture_output``
@@ -32,6 +42,8 @@ def run(
     ``subprocess.CalledProcessError`` for a non-zero exit. Other keywords
     are those of :class:`pycontain.Process` (the container's and the
     program's); for many runs in one container, see :meth:`Container.run`.
+    The result also carries ``rusage``, ``memory_peak``, ``cpu_time`` and
+    ``oom_killed`` (see Process).
     """
     container, program = _container.split(
         "run", layers, settings, RunProgramSettings.__annotations__
@@ -56,7 +68,7 @@ def run_in(
     timeout: float | None,
     check: bool,
     **program: Unpack[RunProgramSettings],
-) -> subprocess.CompletedProcess[Any]:
+) -> CompletedProcess:
     """run() and Container.run: the program's keywords go to Container.spawn."""
     if input is not None:
         if program.get("stdin") is not None:
@@ -80,7 +92,10 @@ def run_in(
         returncode = process.wait()
     if check and returncode:
         raise subprocess.CalledProcessError(returncode, process.args, stdout, stderr)
-    return subprocess.CompletedProcess(process.args, returncode, stdout, stderr)
+    completed = CompletedProcess(process.args, returncode, stdout, stderr)
+    completed.rusage, completed.memory_peak = process.rusage, process.memory_peak
+    completed.cpu_time, completed.oom_killed = process.cpu_time, process.oom_killed
+    return completed
 
 
 _container.keyword_signature(run, RunSettings, Container, Process._start)

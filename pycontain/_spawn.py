@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from . import _core
+from ._cgroup import Cgroup, Limits
 from ._errors import SpawnError, TimeoutExpired, callback_error, spawn_error
 
 StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
@@ -99,6 +100,7 @@ class ContainerPlan:
     workdir_path: bytes | None = None  # absolute
     settings: Settings = field(default_factory=lambda: Settings())
     netns_pool: bool = True
+    limits: Limits | None = None  # None: no cgroup
 
 
 @dataclass
@@ -333,6 +335,7 @@ def plan(
     workdir: StrOrBytesPath | None,
     settings: Settings,
     netns_pool: bool,
+    limits: Limits | None = None,
 ) -> ContainerPlan:
     """Check a container's directories and encode them, once per container.
 
@@ -366,6 +369,7 @@ def plan(
         workdir_path=None if workdir_path is None else os.path.abspath(workdir_path),
         settings=settings,
         netns_pool=netns_pool,
+        limits=limits,
     )
 
 
@@ -494,6 +498,7 @@ def spawn(
     timeout: float | None = None,
     args: object = None,
     trace: Any = None,
+    cgroup: Cgroup | None = None,
 ) -> tuple[int, int, int]:
     """Start the container; returns (pid, pidfd, mntns_fd) or raises SpawnError.
 
@@ -503,7 +508,8 @@ def spawn(
 
     ``hooks`` (from _callbacks.spawn_arguments) or a ``timeout`` take the
     fork path; a spawn that outlives ``timeout`` is killed and raises
-    TimeoutExpired.
+    TimeoutExpired. ``cgroup`` (from _cgroup.create) is where the container
+    starts.
     """
     plan = prepared.plan
     settings = plan.settings
@@ -539,6 +545,8 @@ def spawn(
             timeout_ms=timeout_ms,
             use_netns_pool=plan.netns_pool,
             trace=trace,
+            cgroup_fd=-1 if cgroup is None else cgroup.dir_fd,
+            cgroup_procs_fds=[] if cgroup is None else cgroup.procs_fds,
             **(hooks or {}),
         )
     except _core.StepError as failure:
@@ -547,6 +555,8 @@ def spawn(
             raise TimeoutExpired(args, timeout) from None  # type: ignore[arg-type]
         if step in ("pre_pivot", "pre_exec"):
             raise callback_error(step, err, os.fsdecode(detail), status) from None
+        if step == "join-cgroup" and cgroup is not None:
+            raise spawn_error(step, err, cgroup.path) from None
         raise _translate(prepared, step, err, detail) from None
 
 

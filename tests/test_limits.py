@@ -1,0 +1,518 @@
+"""limits=: a cgroup per container, its limits, and the accounting on every Process.
+
+Against the real kernel. Every cgroup these tests make is under pycontain's
+own subtree (``<hierarchy>/pycontain/``) and is removed; nothing else on the
+machine is touched. The cgroup v2 part runs in a subprocess with a private
+mount namespace and a cgroup2 mount of its own (this machine's controllers
+are bound to cgroup v1, so v2 has none to offer there).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from helpers import BB_ENV, TIMEOUT, wait_until
+
+import pycontain
+from pycontain import _cgroup
+
+BURN = "while :; do :; done"
+
+
+def layout_or_skip() -> _cgroup._Layout:
+    layout = _cgroup.layout()
+    if layout is None:
+        pytest.skip("no cgroup hierarchy is mounted")
+    if layout.problem is not None:
+        pytest.skip(layout.problem)
+    return layout
+
+
+def pycontain_dirs() -> list[str]:
+    """pycontain's own directories, one per hierarchy it uses."""
+    layout = layout_or_skip()
+    return sorted({os.path.join(place, "pycontain") for place in layout.places.values()})
+
+
+def our_cgroups() -> set[str]:
+    """Container cgroups of this process that exist now, in any hierarchy."""
+    prefix = _cgroup._owner_tag() + "-"
+    found = set()
+    for parent in pycontain_dirs():
+        if os.path.isdir(parent):
+            found.update(
+                os.path.join(parent, name) for name in os.listdir(parent) if name.startswith(prefix)
+            )
+    return found
+
+
+def cgroups_of(pid: int) -> dict[str, str]:
+    """/proc/PID/cgroup as {controllers: path}."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        return {line.split(":", 2)[1]: line.split(":", 2)[2].strip() for line in f if line.strip()}
+
+
+@pytest.fixture
+def no_cgroup_left():
+    layout_or_skip()
+    before = our_cgroups()
+    yield
+    assert our_cgroups() == before
+
+
+# -- checking limits= ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "limits, error",
+    [
+        ({"memroy": "1G"}, "unknown limit 'memroy'"),
+        ({"memory": "12X"}, "cannot read '12X'"),
+        ({"memory": -5}, "must not be negative"),
+        ({"memory": 100}, "at least a page"),
+        ({"swap": "1G"}, "needs limits\\['memory'\\]"),
+        ({"pids": 0}, "at least 1"),
+        ({"cpu": 0}, "number of CPUs >="),
+        ({"cpu": float("nan")}, "number of CPUs >="),
+        ({"cpu": float("inf")}, "number of CPUs >="),
+        ({"cpu_weight": 0}, "from 1 to 10000"),
+        ({"cpu_weight": 10001}, "from 1 to 10000"),
+    ],
+)
+def test_bad_limits_raise_valueerror_before_anything_is_made(
+    rootfs, limits, error, no_leaks, no_cgroup_left
+):
+    with pytest.raises(ValueError, match=error):
+        pycontain.Process(["/bin/true"], layers=[rootfs], limits=limits)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [["memory", 1], {"memory": [1]}, {"pids": "64"}, {"pids": True}, {"cpu": "1"}],
+    ids=["list", "memory-list", "pids-str", "pids-bool", "cpu-str"],
+)
+def test_limits_of_the_wrong_type_raise_typeerror(rootfs, limits, no_leaks, no_cgroup_left):
+    with pytest.raises(TypeError):
+        pycontain.Process(["/bin/true"], layers=[rootfs], limits=limits)
+
+
+def test_limit_values_are_read_as_documented():
+    parsed = _cgroup.parse_limits(
+        {"memory": "1.5G", "swap": "64KiB", "pids": 64, "cpu": 1, "cpu_weight": 200}
+    )
+    assert parsed == _cgroup.Limits(memory=3 << 29, swap=64 << 10, pids=64, cpu=1.0, cpu_weight=200)
+    assert _cgroup.parse_limits({"memory": 4096, "cpu": None}) == _cgroup.Limits(memory=4096)
+    assert _cgroup.parse_size("512m", "x") == 512 << 20
+    assert _cgroup.parse_size("2 GB", "x") == 2 << 30
+    assert _cgroup.parse_limits({}) == _cgroup.Limits()
+    assert _cgroup.parse_limits(None) is None
+
+
+def test_limits_is_a_container_field(rootfs, no_leaks, no_cgroup_left):
+    box = pycontain.Container(layers=[rootfs], limits={"pids": 8, "memory": "32M"})
+    assert box == pycontain.Container(layers=[rootfs], limits={"memory": "32M", "pids": 8})
+    assert hash(box) == hash(box.replace())
+    assert pickle.loads(pickle.dumps(box)) == box
+    assert "limits={'pids': 8, 'memory': '32M'}" in repr(box)
+    assert box.replace(limits=None).limits is None
+    with pytest.raises(ValueError, match="unknown limit"):
+        pycontain.Container(layers=[rootfs], limits={"pidz": 1})
+    with pytest.raises(ValueError, match="at least 1"):
+        box.replace(limits={"pids": 0})
+    # Each program gets a cgroup of its own, with the container's limits.
+    first, second = (box.spawn(["/bin/sleep", "10"], env=BB_ENV) for _ in range(2))
+    with first, second:
+        assert first._cgroup is not None and second._cgroup is not None
+        assert first._cgroup.path != second._cgroup.path
+        pids = first._cgroup.paths.get("pids", first._cgroup.path)
+        assert _cgroup._read_int(f"{pids}/pids.max") == 8
+    result = box.run(["/bin/true"], env=BB_ENV)
+    assert isinstance(result, pycontain.CompletedProcess) and result.oom_killed is False
+
+
+# -- the cgroup's life ----------------------------------------------------
+
+
+def test_no_cgroup_without_limits(rootfs, no_cgroup_left):
+    with pycontain.Process(["/bin/sleep", "10"], layers=[rootfs], env=BB_ENV) as p:
+        assert p._cgroup is None
+        assert cgroups_of(p.pid) == cgroups_of(os.getpid())
+        p.kill()
+        p.wait()
+    assert p.rusage is not None
+    assert p.memory_peak is None and p.cpu_time is None and p.oom_killed is None
+
+
+@pytest.mark.parametrize("path", ["clone", "fork"])
+def test_container_runs_in_its_cgroup_with_its_limits_then_it_is_removed(
+    rootfs, legacy, path, no_leaks, no_cgroup_left
+):
+    # clone3 (CLONE_INTO_CGROUP where v2), clone(2) and the callback fork
+    # path: in each the container's cgroup holds it from its first step.
+    layout = layout_or_skip()
+    hooks = {"pre_exec": lambda: None} if path == "fork" else {}
+    p = pycontain.Process(
+        ["/bin/sleep", "10"],
+        layers=[rootfs],
+        env=BB_ENV,
+        limits={"memory": "100M", "pids": 20, "cpu": 0.5, "cpu_weight": 50},
+        _force_legacy_clone=legacy,
+        **hooks,
+    )
+    try:
+        cgroup = p._cgroup
+        assert cgroup is not None
+        name = os.path.basename(cgroup.path)
+        joined = cgroups_of(p.pid)
+        if layout.version == 1:
+            for controllers, place in joined.items():
+                if set(controllers.split(",")) & {"memory", "pids", "cpu", "cpuacct"}:
+                    assert place == f"/pycontain/{name}", (controllers, place)
+            memory, pids, cpu = (cgroup.paths[c] for c in ("memory", "pids", "cpu"))
+            assert _cgroup._read_int(f"{memory}/memory.limit_in_bytes") == 100 << 20
+            assert _cgroup._read_int(f"{pids}/pids.max") == 20
+            assert _cgroup._read_int(f"{cpu}/cpu.cfs_quota_us") == 50_000
+            assert _cgroup._read_int(f"{cpu}/cpu.shares") == 512
+            assert _cgroup._read_int(f"{pids}/pids.current") == 1
+        else:
+            assert joined[""].endswith(f"/pycontain/{name}")
+        for directory in cgroup.directories():
+            with open(f"{directory}/cgroup.procs") as f:
+                assert f.read().split() == [str(p.pid)]
+        p.kill()
+        assert p.wait(TIMEOUT) == -signal.SIGKILL
+        assert not any(os.path.exists(d) for d in cgroup.directories())
+    finally:
+        p.close()
+
+
+def test_cgroup_removed_after_the_program_crashes(host_root, no_leaks, no_cgroup_left):
+    # The program crashes (a real SIGSEGV, which reaches even a PID 1):
+    # reaped, counted, removed.
+    p = pycontain.Process(
+        [sys.executable, "-c", "import ctypes; ctypes.string_at(0)"], layers=[host_root], limits={}
+    )
+    directories = p._cgroup.directories()  # type: ignore[union-attr]
+    assert p.wait(TIMEOUT) == -signal.SIGSEGV
+    assert p.oom_killed is False
+    assert p.cpu_time is not None and p.cpu_time > 0
+    assert not any(os.path.exists(d) for d in directories)
+
+
+def test_failed_spawn_leaves_no_cgroup(rootfs, no_leaks, no_cgroup_left):
+    with pytest.raises(FileNotFoundError):
+        pycontain.Process(["/bin/nosuch"], layers=[rootfs], env=BB_ENV, limits={"pids": 8})
+
+
+def test_kill_ends_every_process_of_the_container(rootfs, no_leaks, no_cgroup_left):
+    p = pycontain.Process(
+        ["/bin/sh", "-c", "for i in 1 2 3 4; do sleep 100 & done; wait"],
+        layers=[rootfs],
+        env=BB_ENV,
+        limits={},
+    )
+    procs = os.path.join(p._cgroup.path, "cgroup.procs")  # type: ignore[union-attr]
+
+    def members() -> list[int]:
+        with open(procs) as f:
+            return [int(pid) for pid in f.read().split()]
+
+    assert wait_until(lambda: len(members()) == 5)
+    pids = members()
+    p.kill()
+    assert p.wait(TIMEOUT) == -signal.SIGKILL
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+
+
+def test_run_timeout_kills_the_whole_container(rootfs, no_leaks, no_cgroup_left):
+    with pytest.raises(pycontain.TimeoutExpired):
+        pycontain.run(
+            ["/bin/sh", "-c", "sleep 100 & sleep 100 & wait"],
+            layers=[rootfs],
+            env=BB_ENV,
+            limits={"pids": 10},
+            timeout=0.5,
+        )
+
+
+# -- limits at work -------------------------------------------------------
+
+
+def test_memory_hog_is_oom_killed(host_root, no_leaks, no_cgroup_left):
+    # 256 MiB of written bytes against a 64 MiB limit (and no swap).
+    result = pycontain.run(
+        [sys.executable, "-c", "data = b'x' * (256 << 20); print('survived')"],
+        layers=[host_root],
+        limits={"memory": "64M", "swap": 0},
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == -signal.SIGKILL
+    assert b"survived" not in result.stdout
+    assert result.oom_killed is True
+    assert result.memory_peak is not None and result.memory_peak <= 64 << 20
+
+
+def test_memory_within_its_limit_is_not_oom_killed(host_root, no_cgroup_left):
+    result = pycontain.run(
+        [sys.executable, "-c", "data = b'x' * (16 << 20)"],
+        layers=[host_root],
+        limits={"memory": "256M"},
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0
+    assert result.oom_killed is False
+    # The 16 MiB it wrote (and the interpreter) were counted.
+    assert result.memory_peak is not None and result.memory_peak > 16 << 20
+
+
+def test_fork_bomb_stops_at_pids(rootfs, no_leaks, no_cgroup_left):
+    # A real fork bomb, bounded by pids=16 and killed after a second.
+    limit = 16
+    p = pycontain.Process(
+        ["/bin/sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 100"],
+        layers=[rootfs],
+        env=BB_ENV,
+        limits={"pids": limit},
+        stderr=subprocess.DEVNULL,
+    )
+    pids_dir = p._cgroup.paths.get("pids", p._cgroup.path)  # type: ignore[union-attr]
+    peak = 0
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            peak = max(peak, _cgroup._read_int(f"{pids_dir}/pids.current") or 0)
+            time.sleep(0.01)
+        refused = _cgroup._keyed(f"{pids_dir}/pids.events", "max")
+    finally:
+        p.kill()
+        p.wait(TIMEOUT)
+    assert peak <= limit
+    assert refused is not None and refused > 0, "the bomb never hit the limit"
+    assert not os.path.exists(pids_dir)
+
+
+def test_cpu_half_a_cpu_is_about_half(rootfs, no_cgroup_left, capsys):
+    # A measurement, not a timing assertion: cpu=0.5 over ~1 s of wall time.
+    # The quota can only hold a burner back, so its upper bound is firm; a
+    # busy machine may give it less than half, so the lower bound is loose.
+    p = pycontain.Process(["/bin/sh", "-c", BURN], layers=[rootfs], env=BB_ENV, limits={"cpu": 0.5})
+    started = time.monotonic()
+    time.sleep(1.0)
+    p.kill()
+    p.wait(TIMEOUT)
+    wall = time.monotonic() - started
+    assert p.cpu_time is not None
+    share = p.cpu_time / wall
+    with capsys.disabled():
+        print(f"\n  cpu=0.5: {p.cpu_time:.3f} s of CPU in {wall:.3f} s = {share:.2f} CPUs")
+    assert 0.05 < share < 0.75
+
+
+def test_cpu_time_counts_every_process(rootfs, no_cgroup_left):
+    # PID 1 (sh) only sleeps: the CPU time is the two burners' it started.
+    p = pycontain.Process(
+        ["/bin/sh", "-c", f"({BURN}) & ({BURN}) & sleep 0.5; kill -9 -1"],
+        layers=[rootfs],
+        env=BB_ENV,
+        limits={},
+    )
+    p.wait(TIMEOUT)
+    assert p.cpu_time is not None
+    assert p.cpu_time > 0.1
+
+
+# -- accounting without limits -------------------------------------------
+
+
+def test_rusage_on_every_process(rootfs, no_leaks):
+    with pycontain.Process(
+        ["/bin/sh", "-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done"],
+        layers=[rootfs],
+        env=BB_ENV,
+    ) as p:
+        assert p.rusage is None
+        assert p.wait(TIMEOUT) == 0
+    assert isinstance(p.rusage, resource.struct_rusage)
+    assert p.rusage.ru_utime > 0.01
+    assert p.rusage.ru_maxrss > 0
+
+
+def test_run_result_carries_the_accounting(rootfs):
+    result = pycontain.run(["/bin/true"], layers=[rootfs], env=BB_ENV, limits={})
+    assert isinstance(result, pycontain.CompletedProcess)
+    assert isinstance(result, subprocess.CompletedProcess)
+    assert result.rusage is not None and result.oom_killed is False
+    assert result.cpu_time is not None and result.memory_peak is not None
+    plain = pycontain.run(["/bin/true"], layers=[rootfs], env=BB_ENV)
+    assert plain.rusage is not None and plain.memory_peak is None
+
+
+def test_accounting_with_asyncio(rootfs, no_cgroup_left):
+    import asyncio
+
+    async def main() -> pycontain.AsyncProcess:
+        p = await pycontain.create_subprocess_exec(
+            "/bin/true", layers=[rootfs], env=BB_ENV, limits={"pids": 4}
+        )
+        await p.wait()
+        return p
+
+    p = asyncio.run(main())
+    assert p.returncode == 0
+    assert p._process.rusage is not None and p._process.oom_killed is False
+
+
+def test_wait_from_threads_removes_the_cgroup_once(rootfs, no_leaks, no_cgroup_left):
+    p = pycontain.Process(["/bin/sleep", "0.2"], layers=[rootfs], env=BB_ENV, limits={})
+    codes = []
+    threads = [threading.Thread(target=lambda: codes.append(p.wait(TIMEOUT))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert codes == [0] * 4 and p.cpu_time is not None
+
+
+# -- when the owner dies ---------------------------------------------------
+
+CRASHING_OWNER = """
+import os, sys, pycontain
+p = pycontain.Process(["/bin/sleep", "0.3"], layers=[sys.argv[1]], env={"PATH": "/bin"},
+                      limits={"pids": 4})
+print(",".join(p._cgroup.directories()), flush=True)
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_stale_cgroups_of_a_crashed_owner_are_removed_by_the_next_run(rootfs, no_cgroup_left):
+    # The owner is SIGKILLed while its container runs: the container goes on
+    # (nothing kills it) and its cgroup stays. Once it is empty, the next
+    # process that creates a cgroup removes it.
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASHING_OWNER, rootfs], capture_output=True, timeout=TIMEOUT
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    left = crashed.stdout.decode().strip().split(",")
+    assert all(os.path.isdir(d) for d in left)
+    assert wait_until(lambda: all(_cgroup._read_int(f"{d}/cgroup.procs") is None for d in left))
+    assert all(os.path.isdir(d) for d in left)  # empty, but still there
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CRASHING_OWNER.replace("os.kill(os.getpid(), 9)", "p.wait()"),
+            rootfs,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert not any(os.path.exists(d) for d in left)
+
+
+def test_clean_stale_spares_live_owners_and_foreign_names(no_cgroup_left):
+    parent = pycontain_dirs()[0]
+    os.makedirs(parent, exist_ok=True)
+    live = os.path.join(parent, f"{_cgroup._owner_tag()}-999999")
+    dead = os.path.join(parent, "999999999-1-0")  # a pid above pid_max: never alive
+    foreign = os.path.join(parent, "not-ours")
+    for path in (live, dead, foreign):
+        os.mkdir(path)
+    try:
+        assert _cgroup.clean_stale(parent) == [dead]
+        assert os.path.isdir(live) and os.path.isdir(foreign)
+    finally:
+        for path in (live, dead, foreign):
+            if os.path.exists(path):
+                os.rmdir(path)
+
+
+# -- cgroup v2, as far as this machine allows ------------------------------
+
+V2_SCRIPT = r"""
+import errno, os, signal, sys, time
+import pycontain
+from pycontain import _cgroup
+
+rootfs = sys.argv[1]
+layout = _cgroup.layout()
+assert layout is not None and layout.version == 2, layout
+results = {}
+
+# Accounting-only cgroup (limits={}): CLONE_INTO_CGROUP, and the child's own
+# join through cgroup.procs with the clone(2) fallback.
+for legacy in (False, True):
+    p = pycontain.Process(["/bin/sh", "-c", "sleep 100 & sleep 100 & wait"], layers=[rootfs],
+                          env={"PATH": "/bin"}, limits={}, _force_legacy_clone=legacy)
+    path = p._cgroup.path
+    with open(f"/proc/{p.pid}/cgroup") as f:
+        assert f"0::/pycontain/{os.path.basename(path)}" in f.read()
+    deadline = time.monotonic() + 5
+    while len(open(f"{path}/cgroup.procs").read().split()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    members = open(f"{path}/cgroup.procs").read().split()
+    assert len(members) == 3, members
+    assert "populated 1" in open(f"{path}/cgroup.events").read()
+    # cgroup.kill alone ends them all, PID 1 included.
+    p._cgroup.kill()
+    assert p.wait(10) == -signal.SIGKILL
+    assert not os.path.exists(path)
+    assert p.cpu_time is not None
+    results["legacy" if legacy else "clone3"] = "ok"
+
+# A limit needs a controller this cgroup2 mount may not have.
+available = open("/sys/fs/cgroup/cgroup.subtree_control").read().split()
+if "pids" not in available:
+    try:
+        pycontain.Process(["/bin/true"], layers=[rootfs], limits={"pids": 4})
+    except pycontain.SpawnError as error:
+        assert error.step == "cgroup" and "pids" in str(error), error
+        results["missing-controller"] = str(error)
+    else:
+        raise AssertionError("limits={'pids': 4} worked without a pids controller")
+print(results)
+"""
+
+
+def test_cgroup_v2_in_a_private_mount_namespace(rootfs, no_cgroup_left):
+    """cgroup.procs, CLONE_INTO_CGROUP, cgroup.kill, cgroup.events, cpu.stat on a cgroup2 mount.
+
+    The mount is private to a subprocess (unshare --mount) and covers
+    /sys/fs/cgroup there only; it is the machine's one cgroup2 hierarchy,
+    in which the test works under pycontain/ alone.
+    """
+    with open("/proc/filesystems") as f:
+        has_cgroup2 = "cgroup2" in f.read()
+    if not has_cgroup2:
+        pytest.skip("the kernel has no cgroup2")
+    script = (
+        f'mount -t cgroup2 cgroup2 /sys/fs/cgroup || exit 77; exec "{sys.executable}" -c "$0" "$1"'
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, V2_SCRIPT, rootfs],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if result.returncode == 77:
+        pytest.skip(f"cannot mount cgroup2 here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    print(result.stdout)
+    assert "'clone3': 'ok'" in result.stdout and "'legacy': 'ok'" in result.stdout
+    # Nothing of it is left in the machine's cgroup2 hierarchy: no cgroup
+    # of a dead owner (the subprocess) under pycontain/.
+    for mount in _cgroup._visible_cgroup_mounts():
+        parent = os.path.join(mount.point, "pycontain")
+        if mount.fstype == "cgroup2" and os.path.isdir(parent):
+            for name in os.listdir(parent):
+                match = _cgroup._STALE_NAME.fullmatch(name)
+                assert match is None or _cgroup._start_time(int(match[1])) == match[2], name
