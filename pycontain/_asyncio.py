@@ -11,6 +11,7 @@ loop, a Jupyter kernel's included.
 from __future__ import annotations
 
 import asyncio
+import resource
 from collections.abc import Iterable
 from typing import Any, Unpack
 
@@ -50,6 +51,23 @@ class AsyncProcess:
     @property
     def returncode(self) -> int | None:
         return self._process.returncode
+
+    # What the container used, once it has ended: see Process.
+    @property
+    def rusage(self) -> resource.struct_rusage | None:
+        return self._process.rusage
+
+    @property
+    def memory_peak(self) -> int | None:
+        return self._process.memory_peak
+
+    @property
+    def cpu_time(self) -> float | None:
+        return self._process.cpu_time
+
+    @property
+    def oom_killed(self) -> bool | None:
+        return self._process.oom_killed
 
     def __repr__(self) -> str:
         return f"<pycontain.AsyncProcess {self._process!r}>"

@@ -367,19 +367,24 @@ def _make_parent(parent: str, version: int) -> None:
     except FileExistsError:
         pass
     except OSError as error:
-        hint = None
-        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and version == 1:
-            hint = (
-                f"{error.strerror} (limits= on cgroup v1 needs root, or a {parent} "
-                "directory an administrator made and gave to you)"
-            )
-        raise _error(error.errno or 0, parent, hint) from None
+        raise _creation_error(error, parent, version) from None
     if _swept_by != os.getpid():  # first use, or in a forked child: sweep again
         _cleaned.clear()
         _swept_by = os.getpid()
     if parent not in _cleaned:
         _cleaned.add(parent)
         clean_stale(parent)
+
+
+def _creation_error(error: OSError, path: str, version: int) -> SpawnError:
+    hint = None
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and version == 1:
+        parent = os.path.dirname(path) if os.path.basename(path) != "pycontain" else path
+        hint = (
+            f"{error.strerror} (limits= on cgroup v1 needs root, or a {parent} "
+            "directory that an administrator made and gave to you)"
+        )
+    return _error(error.errno or 0, path, hint)
 
 
 @dataclass
@@ -512,7 +517,7 @@ def create(limits: Limits) -> Cgroup:
                     _make_parent(parent, found.version)
                     os.mkdir(path, 0o755)
                 except OSError as error:
-                    raise _error(error.errno or 0, path) from None
+                    raise _creation_error(error, path, found.version) from None
                 made[parent] = path
             cgroup.paths[controller] = made[parent]
         _write_limits(cgroup, limits)

@@ -368,7 +368,8 @@ def test_accounting_with_asyncio(rootfs, no_cgroup_left):
 
     p = asyncio.run(main())
     assert p.returncode == 0
-    assert p._process.rusage is not None and p._process.oom_killed is False
+    assert p.rusage is not None and p.oom_killed is False
+    assert p.cpu_time is not None and p.memory_peak is not None
 
 
 def test_wait_from_threads_removes_the_cgroup_once(rootfs, no_leaks, no_cgroup_left):
@@ -516,3 +517,72 @@ def test_cgroup_v2_in_a_private_mount_namespace(rootfs, no_cgroup_left):
             for name in os.listdir(parent):
                 match = _cgroup._STALE_NAME.fullmatch(name)
                 assert match is None or _cgroup._start_time(int(match[1])) == match[2], name
+
+
+# -- not root ----------------------------------------------------------------------------
+
+NOBODY = 65534
+# What a user other than root gets: a clear refusal, before anything is made.
+AS_NOBODY = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import pycontain
+from pycontain import _cgroup
+layout = _cgroup.layout()
+print("version", layout.version, "problem", layout.problem)
+try:
+    pycontain.Process(["/bin/true"], layers=["/"], limits={})
+except pycontain.SpawnError as error:
+    print("refused", type(error).__name__, error.step, error)
+"""
+
+
+def run_as_nobody(prefix: list[str], mount_cgroup2: bool) -> str:
+    """AS_NOBODY's output, run by uid 65534 with Debian's /usr/bin/python3."""
+    python = "/usr/bin/python3"
+    package_root = os.path.dirname(os.path.dirname(pycontain.__file__))
+    if (
+        not os.path.exists(python)
+        or subprocess.run(
+            [
+                python,
+                "-c",
+                f"import sys; assert sys.version_info[:2] == {tuple(sys.version_info[:2])}",
+            ]
+        ).returncode
+    ):
+        pytest.skip(
+            f"{python} is missing or not Python {sys.version_info[0]}.{sys.version_info[1]}"
+        )
+    drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", python]
+    mount = "mount -t cgroup2 cgroup2 /sys/fs/cgroup || exit 77; " if mount_cgroup2 else ""
+    script = f'{mount}exec {" ".join(drop)} -c "$0" "$1"'
+    result = subprocess.run(
+        [*prefix, "sh", "-c", script, AS_NOBODY, package_root],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if result.returncode == 77:
+        pytest.skip(f"cannot mount cgroup2 here: {result.stderr.strip()}")
+    if "ModuleNotFoundError" in result.stderr or "PermissionError" in result.stderr:
+        pytest.skip(f"uid {NOBODY} cannot import pycontain from {package_root}: {result.stderr}")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_non_root_on_cgroup_v1_is_refused_clearly(no_cgroup_left):
+    if layout_or_skip().version != 1:
+        pytest.skip("this machine's controllers are not on cgroup v1")
+    output = run_as_nobody([], mount_cgroup2=False)
+    assert "refused SpawnPermissionError cgroup" in output, output
+    assert "limits= on cgroup v1 needs root" in output, output
+
+
+def test_non_root_on_cgroup_v2_without_delegation_is_refused_clearly(no_cgroup_left):
+    # In a private mount namespace with cgroup2 over /sys/fs/cgroup, uid 65534
+    # is in no user@65534.service: there is no subtree delegated to it.
+    output = run_as_nobody(["unshare", "--mount", "--propagation", "private"], mount_cgroup2=True)
+    assert "version 2" in output and "user@65534.service" in output, output
+    assert "refused SpawnPermissionError cgroup" in output, output
+    assert "systemd-run --user --scope -p Delegate=yes" in output, output
