@@ -395,6 +395,9 @@ class Cgroup:
     paths: dict[str, str]  # v1: controller -> directory; v2: "" -> directory
     dir_fd: int = -1  # v2: for CLONE_INTO_CGROUP
     procs_fds: list[int] = field(default_factory=list)
+    # Only the process that made it kills or removes it: a copy in a child
+    # of os.fork() (which cannot reap the container) must leave it alone.
+    owner: int = field(default_factory=os.getpid)
 
     @property
     def path(self) -> str:
@@ -412,7 +415,7 @@ class Cgroup:
 
     def kill(self) -> None:
         """SIGKILL every process in it at once (cgroup v2's cgroup.kill, Linux 5.14)."""
-        if self.version == 2:
+        if self.version == 2 and os.getpid() == self.owner:
             try:
                 _write(os.path.join(self.path, "cgroup.kill"), "1")
             except OSError:
@@ -444,6 +447,8 @@ class Cgroup:
     def remove(self) -> None:
         """Delete the cgroup; once its processes are gone, whatever happened."""
         self.close_fds()
+        if os.getpid() != self.owner:
+            return
         for path in reversed(self.directories()):
             # A container's processes have all exited once its PID 1 can be
             # reaped; should the kernel still count one, wait a little.
@@ -453,7 +458,6 @@ class Cgroup:
                 except OSError as error:
                     if error.errno != errno.EBUSY or delay is None:
                         break
-                    self.kill()
                     time.sleep(delay)
                     continue
                 break

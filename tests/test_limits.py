@@ -207,6 +207,21 @@ def test_cgroup_removed_after_the_program_crashes(host_root, no_leaks, no_cgroup
     assert not any(os.path.exists(d) for d in directories)
 
 
+def test_a_forked_copy_leaves_the_container_and_its_cgroup_alone(rootfs, no_cgroup_left):
+    # A child of os.fork() cannot reap the container; closing its copy of
+    # the Process must neither kill the container nor remove its cgroup.
+    with pycontain.Process(["/bin/sleep", "10"], layers=[rootfs], env=BB_ENV, limits={}) as p:
+        child = os.fork()
+        if child == 0:
+            try:
+                p.close()
+            finally:
+                os._exit(0)
+        os.waitpid(child, 0)
+        assert p.poll() is None
+        assert all(os.path.isdir(d) for d in p._cgroup.directories())  # type: ignore[union-attr]
+
+
 def test_failed_spawn_leaves_no_cgroup(rootfs, no_leaks, no_cgroup_left):
     with pytest.raises(FileNotFoundError):
         pycontain.Process(["/bin/nosuch"], layers=[rootfs], env=BB_ENV, limits={"pids": 8})
