@@ -398,6 +398,14 @@ def test_wait_from_threads_removes_the_cgroup_once(rootfs, no_leaks, no_cgroup_l
     assert codes == [0] * 4 and p.cpu_time is not None
 
 
+def test_many_spawns_with_limits_leave_nothing(rootfs, no_leaks, no_cgroup_left):
+    box = pycontain.Container(layers=[rootfs], limits={"memory": "64M", "pids": 16, "cpu": 1})
+    for _ in range(100):
+        with box.spawn(["/bin/true"], env=BB_ENV) as p:
+            assert p.wait(TIMEOUT) == 0
+        assert p.cpu_time is not None
+
+
 # -- when the owner dies ---------------------------------------------------
 
 CRASHING_OWNER = """
