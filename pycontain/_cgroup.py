@@ -221,7 +221,8 @@ def _detect() -> _Layout | None:
     unified = [m for m in mounts if m.fstype == "cgroup2"]
     if not unified:
         return None
-    point = unified[-1].point
+    # The usual place first, should cgroup2 be mounted elsewhere too.
+    point = next((m.point for m in unified if m.point == "/sys/fs/cgroup"), unified[-1].point)
     if os.geteuid() == 0:
         return _Layout(2, {"": point})
     # Not root: only the subtree systemd delegates to the user's own

@@ -333,16 +333,18 @@ def test_cpu_half_a_cpu_is_about_half(rootfs, no_cgroup_left, capsys):
 
 
 def test_cpu_time_counts_every_process(rootfs, no_cgroup_left):
-    # PID 1 (sh) only sleeps: the CPU time is the two burners' it started.
+    # PID 1 starts two burners, then becomes `sleep`, which never waits for
+    # them: its rusage misses them, the cgroup's CPU time does not.
     p = pycontain.Process(
-        ["/bin/sh", "-c", f"({BURN}) & ({BURN}) & sleep 0.5; kill -9 -1"],
+        ["/bin/sh", "-c", f"({BURN}) & ({BURN}) & exec sleep 0.5"],
         layers=[rootfs],
         env=BB_ENV,
         limits={},
     )
     p.wait(TIMEOUT)
-    assert p.cpu_time is not None
+    assert p.cpu_time is not None and p.rusage is not None
     assert p.cpu_time > 0.1
+    assert p.rusage.ru_utime + p.rusage.ru_stime < 0.05
 
 
 # -- accounting without limits -------------------------------------------
