@@ -227,6 +227,31 @@ def test_failed_spawn_leaves_no_cgroup(rootfs, no_leaks, no_cgroup_left):
         pycontain.Process(["/bin/nosuch"], layers=[rootfs], env=BB_ENV, limits={"pids": 8})
 
 
+@pytest.mark.parametrize("path", ["clone", "fork"])
+def test_a_failed_join_is_a_join_cgroup_error(rootfs, legacy, path, no_leaks, no_cgroup_left):
+    # The cgroup is removed between its creation and the clone, so that
+    # clone3 refuses it and the child's write to cgroup.procs fails (ENODEV):
+    # the spawn fails at step join-cgroup, naming the cgroup, and leaves
+    # no process behind.
+    from pycontain import _callbacks, _spawn
+
+    box = pycontain.Container(layers=[rootfs], limits={})
+    cgroup = _cgroup.create(box._plan.limits)  # type: ignore[arg-type]
+    for directory in cgroup.directories():
+        os.rmdir(directory)
+    prepared = _spawn.prepare(box._plan, ["/bin/true"], executable=None, cwd=None, env=BB_ENV)
+    hooks = _callbacks.spawn_arguments(None, (lambda: None) if path == "fork" else None)
+    try:
+        with pytest.raises(pycontain.SpawnError) as raised:
+            _spawn.spawn(prepared, cgroup=cgroup, force_legacy_clone=legacy, hooks=hooks)
+    finally:
+        prepared.release()
+        cgroup.remove()
+    assert raised.value.step == "join-cgroup"
+    assert raised.value.filename == cgroup.path
+    assert raised.value.errno is not None and raised.value.errno != 0
+
+
 def test_kill_ends_every_process_of_the_container(rootfs, no_leaks, no_cgroup_left):
     p = pycontain.Process(
         ["/bin/sh", "-c", "for i in 1 2 3 4; do sleep 100 & done; wait"],
