@@ -182,7 +182,9 @@ def _visible_cgroup_mounts() -> list[_Mount]:
     return [m for m in mounts.values() if m.fstype in ("cgroup", "cgroup2") and visible(m)]
 
 
-# The cgroup v1 hierarchies pycontain uses: what needs each, what it is for.
+# The controllers pycontain uses: memory, pids and cpu to limit; memory
+# (peak, OOM kills) and, on v1, cpuacct to count (v2 counts CPU time in
+# every cgroup, cpu.stat).
 _V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
 _V2_CONTROLLERS = ("memory", "pids", "cpu")
 
