@@ -1,6 +1,6 @@
 """Where a spawn's time goes: per-step clock stamps from the C core.
 
-    python3 bench/trace.py [--no-worker] [--rounds N]
+    python3 bench/trace.py [--no-worker] [--rounds N] [--limits JSON]
 
 Builds a busybox rootfs, then spawns busybox ``true`` N times (each after a
 ``subprocess.run`` of the same binary, for comparison), with
@@ -8,13 +8,16 @@ Builds a busybox rootfs, then spawns busybox ``true`` N times (each after a
 each of its steps into ``buf``, through the memory it shares with the parent.
 Prints the median of each stretch. ``--no-worker`` turns the namespace
 worker off (no network namespace pool, mounts torn down in the container's
-exit). Needs root and /bin/busybox (busybox-static).
+exit). ``--limits '{"pids": 64}'`` gives each spawn a cgroup (limits=), made
+before and removed after, as Process does. Needs root and /bin/busybox
+(busybox-static).
 """
 
 from __future__ import annotations
 
 import argparse
 import array
+import json
 import os
 import shutil
 import statistics
@@ -25,14 +28,16 @@ import time
 from pathlib import Path
 
 import pycontain
-from pycontain import _core, _spawn
+from pycontain import _cgroup, _core, _spawn
 
 # (label, stamp at the start, stamp at the end); "t0", "returned" and
 # "reaped" are taken in Python, the rest by the C core.
 STRETCHES = [
-    ("Python checks + C preparation", "t0", "prepare"),
+    ("cgroup: create (limits=)", "t0", "cgroup"),
+    ("Python checks + C preparation", "cgroup", "prepare"),
     ("clone until the child runs", "prepare", "none"),
-    ("reset signals", "none", "reset-signals"),
+    ("join cgroup", "none", "join-cgroup"),
+    ("reset signals", "join-cgroup", "reset-signals"),
     ("make-private", "reset-signals", "make-private"),
     ("open layers", "make-private", "open-layer"),
     ("scratch tmpfs + overlay", "open-layer", "mount-overlay"),
@@ -44,6 +49,7 @@ STRETCHES = [
     ("exec until the parent resumes", "exec", "clone"),
     ("back to Python", "clone", "returned"),
     ("program runs, exits, is reaped", "returned", "reaped"),
+    ("cgroup: read usage + remove", "reaped", "removed"),
 ]
 
 
@@ -57,21 +63,31 @@ def build_rootfs(base: Path) -> Path:
     return base
 
 
-def spawn_traced(root: Path) -> dict[str, int]:
+def spawn_traced(root: Path, limits: _cgroup.Limits | None) -> dict[str, int]:
     names = _core.step_names()
     trace = array.array("Q", [0] * _core.STEP_COUNT)
     stamps = {"t0": time.monotonic_ns()}
+    cgroup = None if limits is None else _cgroup.create(limits)
+    stamps["cgroup"] = time.monotonic_ns()
     container = pycontain.Container(layers=[root])
     prepared = _spawn.prepare(
         container._plan, ["/bin/true"], executable=None, cwd=None, env={"PATH": "/bin"}
     )
     try:
-        _, pidfd, mount_namespace = _spawn.spawn(prepared, trace=trace)
+        _, pidfd, mount_namespace = _spawn.spawn(prepared, trace=trace, cgroup=cgroup)
+    except BaseException:
+        if cgroup is not None:
+            cgroup.remove()
+        raise
     finally:
         prepared.release()
     stamps["returned"] = time.monotonic_ns()
     os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
     stamps["reaped"] = time.monotonic_ns()
+    if cgroup is not None:
+        cgroup.usage()
+        cgroup.remove()
+    stamps["removed"] = time.monotonic_ns()
     os.close(pidfd)
     if mount_namespace >= 0:
         _core.release(mount_namespace)  # as Process does: unmounts on the worker
@@ -85,7 +101,9 @@ def main() -> int:
         "--no-worker", action="store_true", help="turn the namespace worker (and pool) off"
     )
     parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--limits", type=json.loads, default=None, help="limits= as JSON")
     args = parser.parse_args()
+    limits = _cgroup.parse_limits(args.limits)
     if os.geteuid() != 0:
         sys.exit("trace.py: must run as root")
     if args.no_worker:
@@ -100,7 +118,7 @@ def main() -> int:
             start = time.perf_counter()
             subprocess.run([root / "bin" / "true"], check=True)
             plain.append(time.perf_counter() - start)
-            runs.append(spawn_traced(root))
+            runs.append(spawn_traced(root, limits))
     runs, plain = runs[20:], plain[20:]  # warm-up
     for label, begin, end in STRETCHES:
         values = [(run[end] - run[begin]) / 1000 for run in runs if begin in run and end in run]
