@@ -520,16 +520,30 @@ for legacy in (False, True):
     assert p.cpu_time is not None
     results["legacy" if legacy else "clone3"] = "ok"
 
-# A limit needs a controller this cgroup2 mount may not have.
+# Each limit where its controller is offered here; else its clear refusal.
 available = open("/sys/fs/cgroup/cgroup.subtree_control").read().split()
-if "pids" not in available:
+checks = {
+    "pids": ({"pids": 4}, "pids.max", "4"),
+    "memory": ({"memory": "64M"}, "memory.max", str(64 << 20)),
+    "cpu": ({"cpu": 0.5}, "cpu.max", "50000 100000"),
+}
+for controller, (limits, name, expected) in checks.items():
     try:
-        pycontain.Process(["/bin/true"], layers=[rootfs], limits={"pids": 4})
+        p = pycontain.Process(["/bin/sleep", "10"], layers=[rootfs], env={"PATH": "/bin"},
+                              limits=limits)
     except pycontain.SpawnError as error:
-        assert error.step == "cgroup" and "pids" in str(error), error
-        results["missing-controller"] = str(error)
-    else:
-        raise AssertionError("limits={'pids': 4} worked without a pids controller")
+        assert controller not in available, error
+        assert error.step == "cgroup" and controller in str(error), error
+        results[controller] = "refused: " + str(error)
+        continue
+    assert controller in available
+    with p:
+        assert open(f"{p._cgroup.path}/{name}").read().strip() == expected
+        p.kill()
+    assert p.wait(10) == -signal.SIGKILL
+    if controller == "memory":
+        assert p.memory_peak is not None and p.oom_killed is False
+    results[controller] = "ok"
 print(results)
 """
 
@@ -559,6 +573,8 @@ def test_cgroup_v2_in_a_private_mount_namespace(rootfs, no_cgroup_left):
     assert result.returncode == 0, result.stderr
     print(result.stdout)
     assert "'clone3': 'ok'" in result.stdout and "'legacy': 'ok'" in result.stdout
+    for controller in ("pids", "memory", "cpu"):
+        assert f"'{controller}': " in result.stdout
     # Nothing of it is left in the machine's cgroup2 hierarchy: no cgroup
     # of a dead owner (the subprocess) under pycontain/.
     for mount in _cgroup._visible_cgroup_mounts():
