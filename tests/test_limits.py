@@ -375,6 +375,23 @@ def test_cpu_time_counts_every_process(rootfs, no_cgroup_left):
     assert p.rusage.ru_utime + p.rusage.ru_stime < 0.03
 
 
+def test_no_realtime_budget_with_cpu_limits_on_v1(host_root, no_cgroup_left):
+    layout = layout_or_skip()
+    cpu = layout.places.get("cpu")
+    if layout.version != 1 or cpu is None or not os.path.exists(f"{cpu}/cpu.rt_runtime_us"):
+        pytest.skip("no cgroup v1 real-time group scheduling here")
+    if not os.path.exists("/usr/bin/chrt"):
+        pytest.skip("/usr/bin/chrt is missing (util-linux)")
+    realtime = ["/usr/bin/chrt", "-f", "1", "/bin/true"]
+    # Without a cpu limit the container's root may use SCHED_FIFO; with one, not.
+    assert pycontain.run(realtime, layers=[host_root], limits={}, timeout=TIMEOUT).returncode == 0
+    limited = pycontain.run(
+        realtime, layers=[host_root], limits={"cpu": 1}, capture_output=True, timeout=TIMEOUT
+    )
+    assert limited.returncode != 0
+    assert b"Operation not permitted" in limited.stderr
+
+
 # -- accounting without limits -------------------------------------------
 
 
