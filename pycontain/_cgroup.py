@@ -21,6 +21,7 @@ next process that creates one.
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import math
 import os
@@ -529,7 +530,12 @@ def create(limits: Limits) -> Cgroup:
             cgroup.paths[controller] = made[parent]
         _write_limits(cgroup, limits)
         if found.version == 2:
-            cgroup.dir_fd = os.open(cgroup.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(cgroup.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if fd == 0:  # clone3 reads a cgroup fd of 0 as none (EINVAL)
+                cgroup.dir_fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                os.close(fd)
+            else:
+                cgroup.dir_fd = fd
         for path in cgroup.directories():
             cgroup.procs_fds.append(
                 os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
