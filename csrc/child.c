@@ -112,6 +112,13 @@ static int run_hook(const struct pc_child_args *args, enum pc_hook hook, struct 
 static int run_steps(const struct pc_child_args *args, struct pc_error *err)
 {
     const struct pc_spawn_request *request = args->request;
+    struct pc_root root = {
+        .fd = -1,
+        .scratch_fd = -1,
+        .masked_dir_fd = -1,
+        .masked_file_fd = -1,
+        .force_walk = request->force_resolve_walk,
+    };
     /* So the directories and device nodes made below get exactly their modes. */
     mode_t caller_umask = umask(0);
 
@@ -123,12 +130,20 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
         return pc_fail(err, PC_STEP_JOIN_NETNS, errno, NULL);
     STEP(PC_STEP_MAKE_PRIVATE, pc_rootfs_make_private(err));
     STEP(PC_STEP_OPEN_LAYER, pc_rootfs_open_layers(request, err));
-    STEP(PC_STEP_MOUNT_OVERLAY, pc_rootfs_mount_overlay(request, args->overlay, err));
-    STEP(PC_STEP_MOUNT_SYS, pc_rootfs_mount_proc_sys(err));
-    STEP(PC_STEP_MOUNT_DEV, pc_rootfs_mount_dev(err));
+    /* Before the scratch tmpfs can hide a source under the scratch dir. */
+    STEP(PC_STEP_OPEN_BIND, pc_binds_open_sources(request, err));
+    /* From here on, every path inside the container is opened beneath the
+     * held root (rootfs.c, beneath.c). */
+    STEP(PC_STEP_MOUNT_OVERLAY, pc_rootfs_mount_overlay(request, args->overlay, &root, err));
+    STEP(PC_STEP_MOUNT_PROC, pc_rootfs_mount_proc(&root, err));
+    STEP(PC_STEP_MOUNT_SYS, pc_rootfs_mount_sys(&root, err));
+    STEP(PC_STEP_MOUNT_DEV, pc_rootfs_mount_dev(request, &root, err));
+    /* The caller's mounts last, so that they may go inside /dev or /proc. */
+    STEP(PC_STEP_MOUNT_BIND, pc_binds_mount(request, &root, err));
+    STEP(PC_STEP_MOUNT_TMPFS, pc_binds_mount_tmpfs(request, &root, err));
     umask(caller_umask); /* hooks see the caller's umask, as preexec_fn does */
     STEP(PC_STEP_PRE_PIVOT, run_hook(args, PC_HOOK_PRE_PIVOT, err));
-    STEP(PC_STEP_PIVOT_ROOT, pc_rootfs_pivot(err));
+    STEP(PC_STEP_PIVOT_ROOT, pc_rootfs_pivot(&root, err));
     if (request->cwd != NULL && chdir(request->cwd) < 0)
         return pc_fail(err, PC_STEP_CHDIR, errno, request->cwd);
     STEP(PC_STEP_STDIO, pc_fds_setup_stdio(request, err));

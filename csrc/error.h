@@ -27,14 +27,18 @@ enum pc_step {
     PC_STEP_JOIN_NETNS,   /* setns into a pooled network namespace */
     PC_STEP_MAKE_PRIVATE, /* mount --make-rprivate / */
     PC_STEP_OPEN_LAYER,   /* reopening layers in the child's namespace */
+    PC_STEP_OPEN_BIND,    /* reopening bind sources in the child's namespace */
     PC_STEP_MOUNT_SCRATCH,
     PC_STEP_MKDIR,
     PC_STEP_MOUNT_OVERLAY,
     PC_STEP_MOUNT_PROC,
     PC_STEP_MOUNT_SYS,
+    PC_STEP_MASK, /* masking or making read-only parts of /proc and /sys */
     PC_STEP_MOUNT_DEV,
     PC_STEP_MKNOD,
     PC_STEP_SYMLINK,
+    PC_STEP_MOUNT_BIND,
+    PC_STEP_MOUNT_TMPFS,
     PC_STEP_PIVOT_ROOT,
     PC_STEP_DETACH_OLD_ROOT,
     PC_STEP_CHDIR,

@@ -29,8 +29,8 @@ int pc_fork_prepare(const struct pc_spawn_request *request, struct pc_fork_state
     sigset_t all_signals;
 
     state->request = request;
-    if (request->exec_paths == NULL || request->exec_paths[0] == NULL)
-        return pc_fail(err, PC_STEP_PREPARE, EINVAL, "no program to exec");
+    if (pc_request_check(request, err) < 0)
+        return -1;
     if (pc_overlay_prepare(request, &state->overlay, err) < 0)
         return -1;
     if (pc_open_error_pipe(state->pipe_fds, err) < 0) {

@@ -8,7 +8,11 @@
  *              namespaces, releasing mount namespaces
  *   clone.c    clone3 with a pidfd and a separate stack, clone(2) fallback
  *   child.c    the child's setup sequence, top to bottom, then exec
+ *   request.c  parent side: refusing a request the steps cannot run safely
  *   rootfs.c   child side: overlay, /proc, /sys, /dev, pivot_root
+ *   beneath.c  child side: paths resolved beneath a held fd, mounts onto fds
+ *   kernelfs.c child side: masking and read-only parts of /proc and /sys
+ *   binds.c    child side: the caller's bind mounts and tmpfs mounts
  *   fds.c      child side: standard streams, pass_fds, closing the rest
  *   identity.c child side: hostname, rlimits, groups, gid, uid
  *   cgroup.c   child side: joining the container's cgroup
@@ -20,6 +24,7 @@
 
 #include <signal.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include "pycontain.h"
@@ -110,13 +115,79 @@ int pc_cgroup_join(const struct pc_child_args *args, struct pc_error *err);
 /* identity.c (child side, async-signal-safe) */
 int pc_identity_apply(const struct pc_spawn_request *request, struct pc_error *err);
 
+/* request.c (parent side): -1 with err (PC_STEP_PREPARE, EINVAL) for a
+ * request whose steps would not run inside namespaces of their own, or with
+ * a container path the child must not resolve. */
+int pc_request_check(const struct pc_spawn_request *request, struct pc_error *err);
+
+/* The container's root while the child builds it: held from the overlay's
+ * mount until pivot_root, so that no path string and no current directory
+ * (a pre_pivot hook may change it) decides where anything goes. */
+struct pc_root {
+    int fd;    /* the overlay's root directory */
+    dev_t dev; /* what fd was when opened, checked before pivot_root */
+    ino_t ino;
+    int scratch_fd;     /* the scratch tmpfs's root (the overlay's reserved fd) */
+    int masked_dir_fd;  /* an empty directory and an empty file on a read-only */
+    int masked_file_fd; /* bind of the scratch tmpfs, bound over masked paths */
+    int force_walk;     /* request->force_resolve_walk */
+};
+
 /* rootfs.c (child side, async-signal-safe) */
 int pc_rootfs_make_private(struct pc_error *err);
 int pc_rootfs_open_layers(const struct pc_spawn_request *request, struct pc_error *err);
 int pc_rootfs_mount_overlay(const struct pc_spawn_request *request,
-                            const struct pc_overlay *overlay, struct pc_error *err);
-int pc_rootfs_mount_proc_sys(struct pc_error *err);
-int pc_rootfs_mount_dev(struct pc_error *err);
-int pc_rootfs_pivot(struct pc_error *err);
+                            const struct pc_overlay *overlay, struct pc_root *root,
+                            struct pc_error *err);
+int pc_rootfs_mount_dev(const struct pc_spawn_request *request, const struct pc_root *root,
+                        struct pc_error *err);
+int pc_rootfs_mount_proc(struct pc_root *root, struct pc_error *err);
+int pc_rootfs_mount_sys(const struct pc_root *root, struct pc_error *err);
+int pc_rootfs_pivot(struct pc_root *root, struct pc_error *err);
+
+/* beneath.c (child side, async-signal-safe) */
+enum pc_node {
+    PC_NODE_DIRECTORY, /* a directory; created with mkdir when missing */
+    PC_NODE_FILE,      /* anything but a directory; created as an empty file */
+    PC_NODE_ANY,       /* anything; never created */
+};
+/* "/proc/self/fd/N": how mount(2) is pointed at an fd. */
+struct pc_fd_path {
+    char text[32];
+};
+void pc_fd_path(struct pc_fd_path *path, int fd);
+#define PC_TMPFS_OPTIONS_MAX 96
+/* "mode=0MMM[,size=N][,nr_inodes=N]"; 0 leaves size or nr_inodes out. */
+void pc_tmpfs_options(char options[PC_TMPFS_OPTIONS_MAX], unsigned int mode,
+                      unsigned long long size, unsigned long long inodes);
+/* An O_PATH fd (close-on-exec) of `path` (absolute inside `base`) opened
+ * beneath `base`, never through a symlink (ELOOP) or a non-directory
+ * (ENOTDIR) and never above `base`; missing components are created when
+ * `create` (directories 0755, the last one `mode`). openat2 where the kernel
+ * has it, else (or with force_walk) one component at a time. -1 and errno
+ * on failure. */
+int pc_open_beneath(int base, const char *path, enum pc_node kind, int create, mode_t mode,
+                    int force_walk);
+/* mount(2) with the target given as an fd (through /proc/self/fd). */
+int pc_mount_on_fd(const char *source, int target_fd, const char *fstype, unsigned long flags,
+                   const void *data);
+
+/* pc_open_beneath (creating), then mount onto it; fills err with `step` and
+ * `path`. */
+int pc_mount_beneath(int base, const char *path, enum pc_node kind, mode_t mode, int force_walk,
+                     const char *source, const char *fstype, unsigned long flags, const void *data,
+                     enum pc_step step, struct pc_error *err);
+
+/* kernelfs.c (child side, async-signal-safe) */
+int pc_kernelfs_prepare_masks(struct pc_root *root, struct pc_error *err);
+int pc_kernelfs_protect_proc(const struct pc_root *root, int proc_fd, struct pc_error *err);
+int pc_kernelfs_protect_sys(const struct pc_root *root, int sys_fd, struct pc_error *err);
+
+/* binds.c (child side, async-signal-safe) */
+int pc_binds_open_sources(const struct pc_spawn_request *request, struct pc_error *err);
+int pc_binds_mount(const struct pc_spawn_request *request, const struct pc_root *root,
+                   struct pc_error *err);
+int pc_binds_mount_tmpfs(const struct pc_spawn_request *request, const struct pc_root *root,
+                         struct pc_error *err);
 
 #endif

@@ -40,8 +40,32 @@ struct pc_rlimit {
     unsigned long long soft, hard;
 };
 
+/* A host file or directory bound into the container (binds.c). */
+struct pc_bind {
+    /* Absolute host path, and an fd (O_PATH is enough) the caller opened on
+     * it after checking it: the child reopens the path in its own mount
+     * namespace, checks it is the same file, and puts it on that fd number,
+     * as for layers. */
+    const char *source;
+    int source_fd;
+    /* Absolute path inside the container, without "." or ".." components:
+     * resolved beneath the container's root with no symlink on the way,
+     * created in the writable layer when missing. */
+    const char *target;
+    int read_only;
+};
+
+/* A tmpfs mounted inside the container (binds.c). */
+struct pc_tmpfs {
+    const char *target;      /* as pc_bind.target */
+    unsigned long long size; /* bytes; 0: the kernel's default, half the RAM */
+    unsigned int mode;
+};
+
 struct pc_spawn_request {
-    /* CLONE_NEW* flags; CLONE_NEWNS is required (all mounts live in it). */
+    /* CLONE_NEW* flags. CLONE_NEWNS and CLONE_NEWPID are required (all
+     * mounts live in the new mount namespace, and /proc shows the new PID
+     * namespace); pc_spawn refuses a request without them (EINVAL). */
     unsigned long namespaces;
 
     /* An existing directory of the caller's filesystem over which the child
@@ -67,6 +91,21 @@ struct pc_spawn_request {
     int upper_fd;
     const char *work_path;
     int work_fd;
+
+    /* Sizes of the tmpfs mounts pycontain makes, in bytes (0: the kernel's
+     * default, half the RAM, each): the scratch tmpfs (the writable layer,
+     * without upper_fd), /dev (and its inode count) and /dev/shm. */
+    unsigned long long scratch_size;
+    unsigned long long dev_size;
+    unsigned long long dev_inodes;
+    unsigned long long shm_size;
+
+    /* Bind mounts and tmpfs mounts inside the container, made in order
+     * after /proc, /sys and /dev. */
+    const struct pc_bind *binds;
+    size_t bind_count;
+    const struct pc_tmpfs *tmpfs;
+    size_t tmpfs_count;
 
     /* Directory to chdir to inside the container (NULL: "/"). */
     const char *cwd;
@@ -117,6 +156,9 @@ struct pc_spawn_request {
 
     /* Testing knob: skip clone3 and use the clone(2) fallback. */
     int force_legacy_clone;
+    /* Testing knob: resolve container paths one component at a time, as
+     * where openat2 is missing (beneath.c). */
+    int force_resolve_walk;
 
     /* Diagnostics for benchmarks, normally NULL: an array of PC_STEP_COUNT
      * CLOCK_MONOTONIC times in ns. The child fills in when each of its steps

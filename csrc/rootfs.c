@@ -10,25 +10,35 @@
  *                          the fd number the parent reserved)
  *     upper/ work/         the overlay's writable layer, unless a writedir
  *     root/                the overlay: layers + writable layer
- *       proc sys dev ...   kernel filesystems, mounted before pivot_root
+ *       proc sys dev ...   mounted onto fds opened beneath root/ (beneath.c)
+ *     dev/                 /dev, built here (where no layer reaches) and
+ *                          then moved onto root/dev
+ *     masked/              read-only: what is bound over masked paths
+ *
+ * Nothing a layer provides is ever named by a path string: the overlay's
+ * root is held as an fd (struct pc_root) from its mount to pivot_root, and
+ * every mount point is opened beneath it. Every mount is nosuid; every
+ * mount but /dev and /dev/pts (which hold pycontain's own device nodes) is
+ * nodev, so a setuid binary or a device node in a layer gains nothing.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "internal.h"
 
-/* mkdir that accepts an existing directory: mount points are created in the
- * writable layer only where the layers lack them. */
-static int make_dir(const char *path, mode_t mode, struct pc_error *err)
+/* mkdir in a directory of the scratch tmpfs, which only pycontain fills. */
+static int make_dir_at(int dir, const char *name, mode_t mode, struct pc_error *err)
 {
-    if (mkdir(path, mode) < 0 && errno != EEXIST)
-        return pc_fail(err, PC_STEP_MKDIR, errno, path);
+    if (mkdirat(dir, name, mode) < 0 && errno != EEXIST)
+        return pc_fail(err, PC_STEP_MKDIR, errno, name);
     return 0;
 }
 
@@ -77,62 +87,153 @@ int pc_rootfs_open_layers(const struct pc_spawn_request *request, struct pc_erro
     return 0;
 }
 
-int pc_rootfs_mount_overlay(const struct pc_spawn_request *request,
-                            const struct pc_overlay *overlay, struct pc_error *err)
+/* The directory `name` in `dir` (crossing a mount on it), checked to be a
+ * mount of filesystem type `magic`: proof that the mount just made is the
+ * one the fd is on. */
+static int open_mount_root(int dir, const char *name, long magic, int force_walk)
+{
+    struct statfs info;
+    int fd = pc_open_beneath(dir, name, PC_NODE_DIRECTORY, 0, 0, force_walk);
+
+    if (fd < 0)
+        return -1;
+    if (fstatfs(fd, &info) < 0 || (long)info.f_type != magic) {
+        close(fd);
+        errno = EXDEV;
+        return -1;
+    }
+    return fd;
+}
+
+/* The scratch directory is a host path the parent chose and checked (a
+ * directory, not a symlink), resolved here before anything of a layer is
+ * mounted: no layer can redirect it. Checked again against the parent's fd,
+ * so the tmpfs goes exactly where the parent looked. */
+static int mount_scratch(const struct pc_spawn_request *request, const struct pc_overlay *overlay,
+                         struct pc_error *err)
 {
     const char *scratch = request->scratch_dir;
-    int scratch_root;
+    char options[PC_TMPFS_OPTIONS_MAX];
+    struct stat checked, now;
+    struct statfs filesystem;
+    int under, scratch_root, failed = 0;
 
+    under = open(scratch, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (under < 0)
+        return pc_fail(err, PC_STEP_MOUNT_SCRATCH, errno, scratch);
+    if (fstat(overlay->scratch_fd, &checked) < 0 || fstat(under, &now) < 0 ||
+        checked.st_dev != now.st_dev || checked.st_ino != now.st_ino) {
+        close(under);
+        return pc_fail(err, PC_STEP_MOUNT_SCRATCH, ESTALE, scratch);
+    }
     /* A tmpfs private to this namespace holds the overlay's mount point and
      * its throwaway writable layer: nothing is left on disk, and a crash of
-     * the caller cannot leave a mount behind. */
-    if (mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700") < 0)
-        return pc_fail(err, PC_STEP_MOUNT_SCRATCH, errno, scratch);
+     * the caller cannot leave a mount behind. Bounded: an unbounded tmpfs
+     * may take half the RAM. */
+    pc_tmpfs_options(options, 0700, request->scratch_size, 0);
+    if (pc_mount_on_fd("tmpfs", under, "tmpfs", MS_NOSUID | MS_NODEV, options) < 0) {
+        int saved = errno;
+
+        close(under);
+        return pc_fail(err, PC_STEP_MOUNT_SCRATCH, saved, scratch);
+    }
+    close(under);
     /* The options name the tmpfs by the fd number the parent reserved. */
-    scratch_root = open(scratch, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (scratch_root < 0 || dup3(scratch_root, overlay->scratch_fd, O_CLOEXEC) < 0)
+    scratch_root = open(scratch, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (scratch_root < 0)
         return pc_fail(err, PC_STEP_MOUNT_SCRATCH, errno, scratch);
+    if (fstatfs(scratch_root, &filesystem) < 0)
+        failed = errno;
+    else if (filesystem.f_type != TMPFS_MAGIC)
+        failed = EXDEV; /* not the tmpfs just mounted */
+    else if (dup3(scratch_root, overlay->scratch_fd, O_CLOEXEC) < 0)
+        failed = errno;
     close(scratch_root);
-    if (fchdir(overlay->scratch_fd) < 0)
-        return pc_fail(err, PC_STEP_CHDIR, errno, scratch);
+    if (failed != 0)
+        return pc_fail(err, PC_STEP_MOUNT_SCRATCH, failed, scratch);
+    return 0;
+}
+
+int pc_rootfs_mount_overlay(const struct pc_spawn_request *request,
+                            const struct pc_overlay *overlay, struct pc_root *root,
+                            struct pc_error *err)
+{
+    int scratch = overlay->scratch_fd;
+    struct stat info;
+
+    if (mount_scratch(request, overlay, err) < 0)
+        return -1;
+    root->scratch_fd = scratch;
     if (request->upper_fd < 0) {
         /* 0755: this becomes the mode of the container's "/". */
-        if (make_dir("upper", 0755, err) < 0 || make_dir("work", 0700, err) < 0)
+        if (make_dir_at(scratch, "upper", 0755, err) < 0 ||
+            make_dir_at(scratch, "work", 0700, err) < 0)
             return -1;
     }
-    if (make_dir("root", 0755, err) < 0)
+    if (make_dir_at(scratch, "root", 0755, err) < 0)
         return -1;
     /* Every directory in the options and the target are fd numbers,
-     * relative to here (see overlay.c). */
+     * relative to here (see overlay.c). nosuid, nodev: a layer's setuid
+     * binaries and device nodes count for nothing. */
     if (chdir("/proc/self/fd") < 0)
         return pc_fail(err, PC_STEP_CHDIR, errno, "/proc/self/fd");
-    if (mount("overlay", overlay->target, "overlay", 0, overlay->options) < 0)
+    if (mount("overlay", overlay->target, "overlay", MS_NOSUID | MS_NODEV, overlay->options) < 0)
         return pc_fail(err, PC_STEP_MOUNT_OVERLAY, errno, NULL);
-    if (chdir(overlay->target) < 0)
+    root->fd = open_mount_root(scratch, "root", OVERLAYFS_SUPER_MAGIC, 1);
+    if (root->fd < 0 || fstat(root->fd, &info) < 0)
+        return pc_fail(err, PC_STEP_MOUNT_OVERLAY, errno, "root");
+    root->dev = info.st_dev;
+    root->ino = info.st_ino;
+    /* Hooks (pre_pivot) start in the new root. Nothing below uses the
+     * current directory. */
+    if (fchdir(root->fd) < 0)
         return pc_fail(err, PC_STEP_CHDIR, errno, "root");
     return 0;
 }
 
-int pc_rootfs_mount_proc_sys(struct pc_error *err)
+int pc_rootfs_mount_proc(struct pc_root *root, struct pc_error *err)
 {
+    int proc, rc;
+
     /* Mounted before pivot_root: the kernel allows proc and sysfs in a user
      * namespace only while a fully visible instance is still reachable. This
      * proc shows the child's own PID namespace. */
-    if (make_dir("proc", 0555, err) < 0)
+    if (pc_mount_beneath(root->fd, "/proc", PC_NODE_DIRECTORY, 0555, root->force_walk, "proc",
+                         "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL, PC_STEP_MOUNT_PROC,
+                         err) < 0)
         return -1;
-    if (mount("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+    proc = open_mount_root(root->fd, "/proc", PROC_SUPER_MAGIC, root->force_walk);
+    if (proc < 0)
         return pc_fail(err, PC_STEP_MOUNT_PROC, errno, "/proc");
-    if (make_dir("sys", 0555, err) < 0)
-        return -1;
-    /* sysfs shows the child's network namespace; read-only as in other
-     * container runtimes. */
-    if (mount("sysfs", "sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-        return pc_fail(err, PC_STEP_MOUNT_SYS, errno, "/sys");
-    return 0;
+    /* What /proc shows of the host (kernel settings, memory, keys) is
+     * made read-only or masked, as container runtimes do (kernelfs.c). */
+    rc = pc_kernelfs_prepare_masks(root, err);
+    if (rc == 0)
+        rc = pc_kernelfs_protect_proc(root, proc, err);
+    close(proc);
+    return rc;
 }
 
-/* Paths are absolute for error messages; the calls use path + 1, relative to
- * the new root (the cwd until pivot_root). */
+int pc_rootfs_mount_sys(const struct pc_root *root, struct pc_error *err)
+{
+    int sys, rc;
+
+    /* sysfs shows the child's network namespace; read-only as in other
+     * container runtimes. */
+    if (pc_mount_beneath(root->fd, "/sys", PC_NODE_DIRECTORY, 0555, root->force_walk, "sysfs",
+                         "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL,
+                         PC_STEP_MOUNT_SYS, err) < 0)
+        return -1;
+    sys = open_mount_root(root->fd, "/sys", SYSFS_MAGIC, root->force_walk);
+    if (sys < 0)
+        return pc_fail(err, PC_STEP_MOUNT_SYS, errno, "/sys");
+    rc = pc_kernelfs_protect_sys(root, sys, err);
+    close(sys);
+    return rc;
+}
+
+/* Paths are absolute for error messages; the calls use path + 5, relative
+ * to the new /dev. */
 static const struct device {
     const char *path;
     unsigned int major, minor;
@@ -149,34 +250,71 @@ static const struct link {
     {"pts/ptmx", "/dev/ptmx"},
 };
 
-int pc_rootfs_mount_dev(struct pc_error *err)
+/* Fill the new /dev, named by `dev` (its root): nodes and links made
+ * relative to the fd, shm and pts mounted onto fds beneath it. */
+static int populate_dev(const struct pc_spawn_request *request, int dev, int force_walk,
+                        struct pc_error *err)
 {
-    /* A fresh, minimal /dev rather than the host's: only the devices
-     * ordinary programs expect, none that reach hardware. */
-    if (make_dir("dev", 0755, err) < 0)
-        return -1;
-    if (mount("tmpfs", "dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755") < 0)
-        return pc_fail(err, PC_STEP_MOUNT_DEV, errno, "/dev");
+    char options[PC_TMPFS_OPTIONS_MAX];
+
     for (size_t i = 0; i < sizeof devices / sizeof devices[0]; i++)
-        if (mknod(devices[i].path + 1, S_IFCHR | 0666,
-                  makedev(devices[i].major, devices[i].minor)) < 0)
+        if (mknodat(dev, devices[i].path + 5, S_IFCHR | 0666,
+                    makedev(devices[i].major, devices[i].minor)) < 0)
             return pc_fail(err, PC_STEP_MKNOD, errno, devices[i].path);
     for (size_t i = 0; i < sizeof dev_links / sizeof dev_links[0]; i++)
-        if (symlink(dev_links[i].target, dev_links[i].path + 1) < 0)
+        if (symlinkat(dev_links[i].target, dev, dev_links[i].path + 5) < 0)
             return pc_fail(err, PC_STEP_SYMLINK, errno, dev_links[i].path);
-    if (make_dir("dev/shm", 01777, err) < 0 || make_dir("dev/pts", 0755, err) < 0)
+    /* nodev, noexec as Docker's /dev/shm; bounded, as Docker's 64 MiB. */
+    pc_tmpfs_options(options, 01777, request->shm_size, 0);
+    if (pc_mount_beneath(dev, "/shm", PC_NODE_DIRECTORY, 01777, force_walk, "tmpfs", "tmpfs",
+                         MS_NOSUID | MS_NODEV | MS_NOEXEC, options, PC_STEP_MOUNT_DEV, err) < 0)
         return -1;
-    if (mount("tmpfs", "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
-        return pc_fail(err, PC_STEP_MOUNT_DEV, errno, "/dev/shm");
     /* newinstance: the container's ptys are its own, not the host's. */
-    if (mount("devpts", "dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
-              "newinstance,ptmxmode=0666,mode=0620") < 0)
-        return pc_fail(err, PC_STEP_MOUNT_DEV, errno, "/dev/pts");
+    if (pc_mount_beneath(dev, "/pts", PC_NODE_DIRECTORY, 0755, force_walk, "devpts", "devpts",
+                         MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620",
+                         PC_STEP_MOUNT_DEV, err) < 0)
+        return -1;
     return 0;
 }
 
-int pc_rootfs_pivot(struct pc_error *err)
+int pc_rootfs_mount_dev(const struct pc_spawn_request *request, const struct pc_root *root,
+                        struct pc_error *err)
 {
+    char options[PC_TMPFS_OPTIONS_MAX];
+    struct pc_fd_path dev_path;
+    int dev, rc;
+
+    /* A fresh, minimal /dev rather than the host's: only the devices
+     * ordinary programs expect, none that reach hardware. Built in the
+     * scratch tmpfs, where nothing of a layer is, then moved into place:
+     * a layer's dev/null or dev/shm cannot redirect what is made here. */
+    pc_tmpfs_options(options, 0755, request->dev_size, request->dev_inodes);
+    if (pc_mount_beneath(root->scratch_fd, "/dev", PC_NODE_DIRECTORY, 0755, 1, "tmpfs", "tmpfs",
+                         MS_NOSUID | MS_NOEXEC, options, PC_STEP_MOUNT_DEV, err) < 0)
+        return -1;
+    dev = open_mount_root(root->scratch_fd, "/dev", TMPFS_MAGIC, 1);
+    if (dev < 0)
+        return pc_fail(err, PC_STEP_MOUNT_DEV, errno, "/dev");
+    rc = populate_dev(request, dev, root->force_walk, err);
+    pc_fd_path(&dev_path, dev);
+    if (rc == 0)
+        rc = pc_mount_beneath(root->fd, "/dev", PC_NODE_DIRECTORY, 0755, root->force_walk,
+                              dev_path.text, NULL, MS_MOVE, NULL, PC_STEP_MOUNT_DEV, err);
+    close(dev);
+    return rc;
+}
+
+int pc_rootfs_pivot(struct pc_root *root, struct pc_error *err)
+{
+    struct stat now;
+
+    /* From the held fd, never from the current directory (a pre_pivot hook
+     * may have changed it), and only if the fd is still the overlay's root
+     * (a hook may have closed it and reused the number). */
+    if (fstat(root->fd, &now) < 0 || now.st_dev != root->dev || now.st_ino != root->ino)
+        return pc_fail(err, PC_STEP_PIVOT_ROOT, ESTALE, NULL);
+    if (fchdir(root->fd) < 0)
+        return pc_fail(err, PC_STEP_CHDIR, errno, "/");
     /* pivot_root(".", ".") stacks the old root on top of the new one at "/";
      * detaching "." then removes it (and the scratch tmpfs with it; the
      * overlay keeps what it uses alive). No directory for the old root is
@@ -187,5 +325,9 @@ int pc_rootfs_pivot(struct pc_error *err)
         return pc_fail(err, PC_STEP_DETACH_OLD_ROOT, errno, NULL);
     if (chdir("/") < 0)
         return pc_fail(err, PC_STEP_CHDIR, errno, "/");
+    close(root->fd);
+    close(root->masked_dir_fd);
+    close(root->masked_file_fd);
+    root->fd = root->masked_dir_fd = root->masked_file_fd = -1;
     return 0;
 }

@@ -135,8 +135,8 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
     pid_t pid, unused_pid;
     char *stack;
 
-    if (request->exec_paths == NULL || request->exec_paths[0] == NULL)
-        return pc_fail(err, PC_STEP_PREPARE, EINVAL, "no program to exec");
+    if (pc_request_check(request, err) < 0)
+        return -1;
     if (request->hooks != NULL)
         return pc_fail(err, PC_STEP_PREPARE, EINVAL, "hooks need the fork path");
     if (pc_overlay_prepare(request, &overlay, err) < 0)

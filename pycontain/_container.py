@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-from . import _callbacks, _cgroup, _spawn
+from . import _callbacks, _cgroup, _mounts, _spawn
 from ._io import Stream
 from ._spawn import Env, StrOrBytesPath
 
@@ -37,6 +37,8 @@ __all__ = ["Container"]
 RLimits = Mapping[str | int, int | tuple[int | None, int | None]]
 # limits={"memory": "512M", "swap": 0, "pids": 64, "cpu": 1.5, "cpu_weight": 100}
 ResourceLimits = Mapping[str, int | float | str | None]
+Binds = Iterable[_mounts.BindSpec]
+Tmpfs = Iterable[_mounts.TmpfsSpec]
 
 
 # -- the keyword declarations, for type checkers and help() ------------------------------
@@ -58,6 +60,10 @@ class ContainerSettings(TypedDict, total=False):
     pre_pivot: _callbacks.Callback | None
     netns_pool: bool
     limits: ResourceLimits | None
+    binds: Binds | None
+    tmpfs: Tmpfs | None
+    scratch_size: int | None
+    shm_size: int | None
 
 
 class _Layers(TypedDict, total=False):
@@ -170,7 +176,12 @@ class Container:
     during the spawn instead of taking one made ahead of time. ``limits``
     (``{"memory": "512M", "swap": 0, "pids": 64, "cpu": 1.5, "cpu_weight":
     100}``, any subset; ``{}`` only counts) gives each program's container a
-    cgroup of its own (README, "Limits and accounting").
+    cgroup of its own (README, "Limits and accounting"). ``binds``
+    (``(host_path, container_path[, "ro"|"rw"])``, read-only by default)
+    and ``tmpfs`` (``container_path`` or ``(container_path, size[, mode])``)
+    add mounts; ``scratch_size`` (the writable tmpfs) and ``shm_size``
+    (``/dev/shm``) bound pycontain's own tmpfs mounts, in bytes (defaults:
+    1 GiB or a quarter of the RAM if less, and 64 MiB).
 
     A Container is an immutable value: checked when made (bad values raise
     here, as a spawn would), comparable, hashable, picklable (when its
@@ -192,6 +203,10 @@ class Container:
     pre_pivot: _callbacks.Callback | None = None
     netns_pool: bool = True
     limits: ResourceLimits | None = None
+    binds: Binds | None = None
+    tmpfs: Tmpfs | None = None
+    scratch_size: int | None = None
+    shm_size: int | None = None
     # Checked and encoded once, reused by every spawn (not part of the value).
     _plan: _spawn.ContainerPlan = dataclasses.field(
         init=False, repr=False, compare=False, hash=False
@@ -216,6 +231,11 @@ class Container:
         )
         _callbacks.require_callable("pre_pivot", self.pre_pivot)
         limits = _cgroup.parse_limits(self.limits)
+        binds = None if self.binds is None else _items(self.binds, "binds")
+        tmpfs = None if self.tmpfs is None else _items(self.tmpfs, "tmpfs")
+        mounts = _mounts.check(
+            scratch_size=self.scratch_size, shm_size=self.shm_size, binds=binds, tmpfs=tmpfs
+        )
         plan = _spawn.plan(
             layers=layers,
             writedir=self.writedir,
@@ -223,6 +243,7 @@ class Container:
             settings=settings,
             netns_pool=bool(self.netns_pool),
             limits=limits,
+            mounts=mounts,
         )
         # Normalised, so that equal descriptions compare (and hash) equal.
         set_field = object.__setattr__
@@ -235,6 +256,8 @@ class Container:
         set_field(self, "netns_pool", bool(self.netns_pool))
         if self.limits is not None:
             set_field(self, "limits", _FrozenMapping(self.limits))
+        set_field(self, "binds", binds)
+        set_field(self, "tmpfs", tmpfs)
         set_field(self, "_plan", plan)
 
     # -- value semantics ----------------------------------------------------
@@ -330,6 +353,18 @@ def _restore(settings: dict[str, Any]) -> Container:
 
 def _fspath(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _items(items: Iterable[Any], what: str) -> tuple[Any, ...]:
+    """binds or tmpfs as a tuple (hashable, compared by value), paths as os.fspath."""
+    if isinstance(items, (str, bytes, os.PathLike)) or not isinstance(items, Iterable):
+        return items  # type: ignore[return-value]  # _mounts.check says what is wrong
+    if isinstance(items, tuple) and items and not isinstance(items[0], tuple):
+        return items  # one item instead of a list: _mounts.check says so
+    return tuple(
+        tuple(_fspath(part) for part in item) if isinstance(item, tuple) else _fspath(item)
+        for item in items
+    )
 
 
 def _groups(groups: Iterable[int]) -> tuple[int, ...]:

@@ -205,13 +205,71 @@ static int spawn_forked(const struct pc_spawn_request *request, struct python_ho
     Py_END_ALLOW_THREADS return rc;
 }
 
+/* binds: a list of (source: bytes, source_fd: int, target: bytes, read_only:
+ * bool); the bytes stay referenced by the list, which the caller's kwargs
+ * keep alive. */
+static int convert_binds(PyObject *list, struct pc_bind **out, struct pc_spawn_request *request)
+{
+    Py_ssize_t n;
+
+    if (!PyList_Check(list)) {
+        PyErr_SetString(PyExc_TypeError, "binds must be a list");
+        return -1;
+    }
+    n = PyList_GET_SIZE(list);
+    *out = PyMem_New(struct pc_bind, (size_t)n + 1);
+    if (*out == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct pc_bind *bind = &(*out)[i];
+
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(list, i),
+                              "yiyp;binds items are (source, source_fd, target, read_only)",
+                              &bind->source, &bind->source_fd, &bind->target, &bind->read_only))
+            return -1;
+    }
+    request->binds = *out;
+    request->bind_count = (size_t)n;
+    return 0;
+}
+
+/* tmpfs: a list of (target: bytes, size: int, mode: int). */
+static int convert_tmpfs(PyObject *list, struct pc_tmpfs **out, struct pc_spawn_request *request)
+{
+    Py_ssize_t n;
+
+    if (!PyList_Check(list)) {
+        PyErr_SetString(PyExc_TypeError, "tmpfs must be a list");
+        return -1;
+    }
+    n = PyList_GET_SIZE(list);
+    *out = PyMem_New(struct pc_tmpfs, (size_t)n + 1);
+    if (*out == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct pc_tmpfs *mount = &(*out)[i];
+
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(list, i), "yKI;tmpfs items are (target, size, mode)",
+                              &mount->target, &mount->size, &mount->mode))
+            return -1;
+    }
+    request->tmpfs = *out;
+    request->tmpfs_count = (size_t)n;
+    return 0;
+}
+
 PyDoc_STRVAR(spawn_doc,
              "spawn(*, argv, envp, exec_paths, cwd, layer_paths, layer_fds, upper_path,\n"
              "      upper_fd, work_path, work_fd, scratch_dir, namespaces, stdio, pass_fds,\n"
              "      hostname, rlimits, groups, gid, uid, umask, force_legacy_clone=False,\n"
              "      trace=None, pre_pivot=None, pre_exec=None, format_exception=None,\n"
-             "      timeout_ms=-1, use_netns_pool=True, cgroup_fd=-1, cgroup_procs_fds=[])\n"
-             "      -> (pid, pidfd, mntns_fd)\n\n"
+             "      timeout_ms=-1, use_netns_pool=True, cgroup_fd=-1, cgroup_procs_fds=[],\n"
+             "      scratch_size=0, dev_size=0, dev_inodes=0, shm_size=0, binds=None,\n"
+             "      tmpfs=None, force_resolve_walk=False) -> (pid, pidfd, mntns_fd)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
              "None or a list of gids. Raises StepError(step, errno, detail) on failure.\n"
@@ -220,7 +278,9 @@ PyDoc_STRVAR(spawn_doc,
              "With pre_pivot/pre_exec (callables) or timeout_ms >= 0 the fork path is\n"
              "used; format_exception(exc) -> (errno, bytes) formats a hook's exception.\n"
              "cgroup_fd: a cgroup v2 directory to clone into; cgroup_procs_fds: the\n"
-             "cgroup.procs files the child writes \"0\" to otherwise.");
+             "cgroup.procs files the child writes \"0\" to otherwise.\n"
+             "Sizes are bytes (0: the kernel's default); binds is a list of (source,\n"
+             "source_fd, target, read_only), tmpfs of (target, size, mode).");
 
 static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -253,13 +313,24 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "use_netns_pool",
                                "cgroup_fd",
                                "cgroup_procs_fds",
+                               "scratch_size",
+                               "dev_size",
+                               "dev_inodes",
+                               "shm_size",
+                               "binds",
+                               "tmpfs",
+                               "force_resolve_walk",
                                NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *rlimit_list;
     PyObject *group_list, *result = NULL, *trace = Py_None;
     PyObject *pre_pivot = Py_None, *pre_exec = Py_None, *format_exception = Py_None;
     struct python_hooks python_hooks = {0};
     struct pc_hooks hooks = {.run = run_python_hook, .context = &python_hooks};
-    int timeout_ms = -1, use_netns_pool = 1, cgroup_fd = -1;
+    int timeout_ms = -1, use_netns_pool = 1, cgroup_fd = -1, force_resolve_walk = 0;
+    unsigned long long scratch_size = 0, dev_size = 0, dev_inodes = 0, shm_size = 0;
+    PyObject *bind_list = Py_None, *tmpfs_list = Py_None;
+    struct pc_bind *binds = NULL;
+    struct pc_tmpfs *tmpfs = NULL;
     Py_buffer trace_buffer = {0};
     const char *scratch_dir, *upper_path, *work_path, *hostname;
     unsigned long namespaces;
@@ -275,13 +346,15 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 
     (void)module;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&", keywords, &argv_list, &envp_list,
-            &exec_list, &cwd, &layer_path_list, convert_int_list, &layer_fds,
+            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&KKKKOOp", keywords, &argv_list,
+            &envp_list, &exec_list, &cwd, &layer_path_list, convert_int_list, &layer_fds,
             convert_optional_bytes, &upper_path, &upper_fd, convert_optional_bytes, &work_path,
             &work_fd, &scratch_dir, &namespaces, convert_int_list, &stdio, convert_int_list,
             &pass_fds, convert_optional_bytes, &hostname, &rlimit_list, &group_list, &gid, &uid,
             &umask_value, &force_legacy_clone, &trace, &pre_pivot, &pre_exec, &format_exception,
-            &timeout_ms, &use_netns_pool, &cgroup_fd, convert_int_list, &cgroup_procs_fds))
+            &timeout_ms, &use_netns_pool, &cgroup_fd, convert_int_list, &cgroup_procs_fds,
+            &scratch_size, &dev_size, &dev_inodes, &shm_size, &bind_list, &tmpfs_list,
+            &force_resolve_walk))
         return NULL;
     if (cwd != Py_None && !PyBytes_Check(cwd)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -340,6 +413,10 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
         request.groups = groups;
         request.group_count = (size_t)PyList_GET_SIZE(group_list);
     }
+    if (bind_list != Py_None && convert_binds(bind_list, &binds, &request) < 0)
+        goto done;
+    if (tmpfs_list != Py_None && convert_tmpfs(tmpfs_list, &tmpfs, &request) < 0)
+        goto done;
     if (trace != Py_None) {
         if (PyObject_GetBuffer(trace, &trace_buffer, PyBUF_WRITABLE) < 0)
             goto done;
@@ -378,6 +455,11 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     request.cgroup_fd = cgroup_fd;
     request.cgroup_procs_fds = cgroup_procs_fds.items;
     request.cgroup_procs_fd_count = cgroup_procs_fds.count;
+    request.scratch_size = scratch_size;
+    request.dev_size = dev_size;
+    request.dev_inodes = dev_inodes;
+    request.shm_size = shm_size;
+    request.force_resolve_walk = force_resolve_walk;
 
     if (pre_pivot != Py_None || pre_exec != Py_None) {
         if ((pre_pivot != Py_None && !PyCallable_Check(pre_pivot)) ||
@@ -424,6 +506,8 @@ done:
     PyMem_Free(cgroup_procs_fds.items);
     PyMem_Free(rlimits);
     PyMem_Free(groups);
+    PyMem_Free(binds);
+    PyMem_Free(tmpfs);
     if (trace_buffer.obj != NULL)
         PyBuffer_Release(&trace_buffer);
     return result;

@@ -44,6 +44,13 @@ def spawn(
     use_netns_pool: bool = ...,
     cgroup_fd: int = ...,
     cgroup_procs_fds: list[int] = ...,
+    scratch_size: int = ...,
+    dev_size: int = ...,
+    dev_inodes: int = ...,
+    shm_size: int = ...,
+    binds: list[tuple[bytes, int, bytes, bool]] | None = ...,
+    tmpfs: list[tuple[bytes, int, int]] | None = ...,
+    force_resolve_walk: bool = ...,
 ) -> tuple[int, int, int]: ...
 def wait_pidfd(
     pidfd: int, options: int, /

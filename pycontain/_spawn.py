@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from . import _core
+from . import _core, _mounts
 from ._cgroup import Cgroup, Limits
 from ._errors import SpawnError, TimeoutExpired, callback_error, spawn_error
 
@@ -38,6 +38,10 @@ _DETAIL_CUT = 3979
 # pre_pivot callback, so the first is one that is usually empty.
 _SCRATCH_CANDIDATES = (b"/mnt", b"/tmp", b"/var/tmp", b"/srv", b"/opt", b"/run")
 _scratch_dir: bytes | None = None
+
+# Testing knob: the C core resolves container paths one component at a
+# time, as on kernels without openat2 (tests/test_escape_rootfs.py).
+_force_resolve_walk = False
 
 
 def to_bytes(value: StrOrBytesPath, what: str) -> bytes:
@@ -101,6 +105,7 @@ class ContainerPlan:
     settings: Settings = field(default_factory=lambda: Settings())
     netns_pool: bool = True
     limits: Limits | None = None  # None: no cgroup
+    mounts: _mounts.MountPlan = field(default_factory=_mounts.check)
 
 
 @dataclass
@@ -118,15 +123,16 @@ class Prepared:
     work_fd: int = -1
     created_workdir: bytes | None = None
     writedir_lock: int = -1  # an fd holding the writedir's flock
+    bind_fds: list[int] = field(default_factory=list)  # one per plan.mounts.binds
     # fds for 0, 1, 2 (-1: inherit) and further fds to pass; not owned here.
     stdio: tuple[int, int, int] = (-1, -1, -1)
     pass_fds: tuple[int, ...] = ()
 
     def close_fds(self) -> None:
-        for fd in [*self.layer_fds, self.upper_fd, self.work_fd]:
+        for fd in [*self.layer_fds, self.upper_fd, self.work_fd, *self.bind_fds]:
             if fd >= 0:
                 os.close(fd)
-        self.layer_fds, self.upper_fd, self.work_fd = [], -1, -1
+        self.layer_fds, self.upper_fd, self.work_fd, self.bind_fds = [], -1, -1, []
 
     def release(self) -> None:
         """Undo everything prepare() made: fds, a workdir it created, the claim."""
@@ -336,6 +342,7 @@ def plan(
     settings: Settings,
     netns_pool: bool,
     limits: Limits | None = None,
+    mounts: _mounts.MountPlan | None = None,
 ) -> ContainerPlan:
     """Check a container's directories and encode them, once per container.
 
@@ -360,6 +367,9 @@ def plan(
             _check_workdir_room(writedir_path)
         else:
             os.close(open_directory(workdir_path, "workdir"))
+    mounts = _mounts.check() if mounts is None else mounts
+    for fd in _mounts.open_sources(mounts):
+        os.close(fd)
     return ContainerPlan(
         layers=tuple(layer_paths),
         layer_paths=tuple(os.path.abspath(layer) for layer in layer_paths),
@@ -370,6 +380,7 @@ def plan(
         settings=settings,
         netns_pool=netns_pool,
         limits=limits,
+        mounts=mounts,
     )
 
 
@@ -411,6 +422,7 @@ def prepare(
                 workdir = plan.workdir
             prepared.work_fd = open_directory(workdir, "workdir")
             prepared.work_path = os.path.abspath(workdir)
+        prepared.bind_fds = _mounts.open_sources(plan.mounts)
     except BaseException:
         prepared.release()
         raise
@@ -512,7 +524,7 @@ def spawn(
     starts.
     """
     plan = prepared.plan
-    settings = plan.settings
+    settings, mounts = plan.settings, plan.mounts
     # An infinite timeout is none; a finite one is capped at INT_MAX ms
     # (about 24.8 days), which is what the C side's poll() takes.
     if timeout is None or timeout == math.inf:
@@ -547,6 +559,13 @@ def spawn(
             trace=trace,
             cgroup_fd=-1 if cgroup is None else cgroup.dir_fd,
             cgroup_procs_fds=[] if cgroup is None else cgroup.procs_fds,
+            force_resolve_walk=_force_resolve_walk,
+            scratch_size=mounts.scratch_size,
+            dev_size=_mounts.DEV_SIZE,
+            dev_inodes=_mounts.DEV_INODES,
+            shm_size=mounts.shm_size,
+            binds=_mounts.core_binds(mounts, prepared.bind_fds),
+            tmpfs=list(mounts.tmpfs),
             **(hooks or {}),
         )
     except _core.StepError as failure:
@@ -558,6 +577,20 @@ def spawn(
         if step == "join-cgroup" and cgroup is not None:
             raise spawn_error(step, err, cgroup.path) from None
         raise _translate(prepared, step, err, detail) from None
+
+
+# Steps that mount onto a path inside the container, which the C core opens
+# beneath the container's root without following any symlink (csrc/beneath.c).
+_MOUNT_STEPS = ("mount-proc", "mount-sys", "mount-dev", "mount-bind", "mount-tmpfs", "mask")
+_MOUNT_POINT_ERRORS = {
+    errno.ELOOP: (
+        "it, or a directory on the way to it, is a symbolic link in the container's layers; "
+        "pycontain mounts only onto real directories and files inside the container"
+    ),
+    errno.ENOTDIR: "it, or a directory on the way to it, is not a directory in the container's "
+    "layers",
+    errno.EISDIR: "it is a directory in the container's layers; a file is bound only onto a file",
+}
 
 
 def _translate(prepared: Prepared, step: str, err: int, detail: bytes) -> Exception:
@@ -580,6 +613,8 @@ def _translate(prepared: Prepared, step: str, err: int, detail: bytes) -> Except
         filename = os.fsdecode(os.path.basename(prepared.exec_paths[0]))
     elif step == "mount-overlay":
         filename = os.fsdecode(b":".join(prepared.plan.layers))
+    elif step in _MOUNT_STEPS and err in _MOUNT_POINT_ERRORS:
+        strerror = _MOUNT_POINT_ERRORS[err]
     elif step == "clone" and err in (errno.EPERM, errno.EACCES):
         strerror = (
             f"{os.strerror(err)} (creating namespaces needs root with CAP_SYS_ADMIN; "

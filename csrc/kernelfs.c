@@ -1,0 +1,158 @@
+/* Child side: the parts of /proc and /sys that reach the host, masked or
+ * made read-only, as container runtimes do.
+ *
+ * Runs between clone and exec: async-signal-safe only.
+ *
+ * /proc and /sys are the container's own instances, but some of their
+ * files are the host kernel's: its settings (/proc/sys), its memory
+ * (/proc/kcore), its keys, timers and interrupts, SysRq. The lists are
+ * those of runc, crun and Podman: read-only bind mounts over what a
+ * program may read, an empty directory or file over what it should not see.
+ * A path the kernel does not have (configuration-dependent) is skipped.
+ * Every path is opened beneath the instance's root (beneath.c), every mount
+ * is nosuid, nodev, noexec.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define PROTECTED_FLAGS (MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+/* Paths for error messages; opened relative to the instance's root. */
+static const char *const proc_read_only[] = {
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+};
+static const char *const proc_masked[] = {
+    "/proc/acpi",       "/proc/asound",        "/proc/interrupts",  "/proc/kcore",
+    "/proc/keys",       "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi",
+    "/proc/timer_list", "/proc/timer_stats",
+};
+static const char *const sys_masked[] = {
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+};
+
+/* The part of `path` below its instance ("/proc/kcore" -> "/kcore"). */
+static const char *below(const char *path)
+{
+    const char *rest = path + 1;
+
+    while (*rest != '/' && *rest != '\0')
+        rest++;
+    return rest;
+}
+
+int pc_kernelfs_prepare_masks(struct pc_root *root, struct pc_error *err)
+{
+    struct pc_fd_path path;
+    int masked, under;
+
+    /* An empty directory and an empty file in the scratch tmpfs, under a
+     * read-only, nosuid, nodev, noexec bind of their directory: a bind mount
+     * copies its source's flags, so each mask is then a single mount. */
+    if ((mkdirat(root->scratch_fd, "masked", 0555) < 0 && errno != EEXIST) ||
+        (mkdirat(root->scratch_fd, "masked/dir", 0555) < 0 && errno != EEXIST) ||
+        (mknodat(root->scratch_fd, "masked/file", S_IFREG | 0444, 0) < 0 && errno != EEXIST))
+        return pc_fail(err, PC_STEP_MASK, errno, "masked");
+    under = openat(root->scratch_fd, "masked", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (under < 0)
+        return pc_fail(err, PC_STEP_MASK, errno, "masked");
+    pc_fd_path(&path, under);
+    if (mount(path.text, path.text, NULL, MS_BIND, NULL) < 0) {
+        int saved = errno;
+
+        close(under);
+        return pc_fail(err, PC_STEP_MASK, saved, "masked");
+    }
+    close(under);
+    masked = openat(root->scratch_fd, "masked", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (masked < 0)
+        return pc_fail(err, PC_STEP_MASK, errno, "masked");
+    pc_fd_path(&path, masked);
+    if (mount(NULL, path.text, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | PROTECTED_FLAGS, NULL) <
+        0) {
+        int saved = errno;
+
+        close(masked);
+        return pc_fail(err, PC_STEP_MASK, saved, "masked");
+    }
+    root->masked_dir_fd = openat(masked, "dir", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    root->masked_file_fd = openat(masked, "file", O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    close(masked);
+    if (root->masked_dir_fd < 0 || root->masked_file_fd < 0)
+        return pc_fail(err, PC_STEP_MASK, errno, "masked");
+    return 0;
+}
+
+/* Bind the empty directory or file over `path`, whichever it is. */
+static int mask(const struct pc_root *root, int instance, const char *path, struct pc_error *err)
+{
+    struct pc_fd_path source;
+    struct stat info;
+    int target = pc_open_beneath(instance, below(path), PC_NODE_ANY, 0, 0, root->force_walk);
+    int failed = 0;
+
+    if (target < 0)
+        return errno == ENOENT ? 0 : pc_fail(err, PC_STEP_MASK, errno, path);
+    if (fstat(target, &info) < 0)
+        failed = errno;
+    if (failed == 0) {
+        pc_fd_path(&source, S_ISDIR(info.st_mode) ? root->masked_dir_fd : root->masked_file_fd);
+        if (pc_mount_on_fd(source.text, target, NULL, MS_BIND, NULL) < 0)
+            failed = errno;
+    }
+    close(target);
+    return failed == 0 ? 0 : pc_fail(err, PC_STEP_MASK, failed, path);
+}
+
+/* Bind `path` onto itself and make that bind read-only. */
+static int make_read_only(const struct pc_root *root, int instance, const char *path,
+                          struct pc_error *err)
+{
+    struct pc_fd_path self;
+    int target = pc_open_beneath(instance, below(path), PC_NODE_ANY, 0, 0, root->force_walk);
+    int bound, failed = 0;
+
+    if (target < 0)
+        return errno == ENOENT ? 0 : pc_fail(err, PC_STEP_MASK, errno, path);
+    pc_fd_path(&self, target);
+    if (mount(self.text, self.text, NULL, MS_BIND, NULL) < 0)
+        failed = errno;
+    close(target);
+    if (failed != 0)
+        return pc_fail(err, PC_STEP_MASK, failed, path);
+    /* A remount applies to the mount at its root: open the path again,
+     * which now crosses into the new bind. */
+    bound = pc_open_beneath(instance, below(path), PC_NODE_ANY, 0, 0, root->force_walk);
+    if (bound < 0)
+        return pc_fail(err, PC_STEP_MASK, errno, path);
+    if (pc_mount_on_fd(NULL, bound, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | PROTECTED_FLAGS,
+                       NULL) < 0)
+        failed = errno;
+    close(bound);
+    return failed == 0 ? 0 : pc_fail(err, PC_STEP_MASK, failed, path);
+}
+
+int pc_kernelfs_protect_proc(const struct pc_root *root, int proc_fd, struct pc_error *err)
+{
+    for (size_t i = 0; i < sizeof proc_read_only / sizeof proc_read_only[0]; i++)
+        if (make_read_only(root, proc_fd, proc_read_only[i], err) < 0)
+            return -1;
+    for (size_t i = 0; i < sizeof proc_masked / sizeof proc_masked[0]; i++)
+        if (mask(root, proc_fd, proc_masked[i], err) < 0)
+            return -1;
+    return 0;
+}
+
+int pc_kernelfs_protect_sys(const struct pc_root *root, int sys_fd, struct pc_error *err)
+{
+    for (size_t i = 0; i < sizeof sys_masked / sizeof sys_masked[0]; i++)
+        if (mask(root, sys_fd, sys_masked[i], err) < 0)
+            return -1;
+    return 0;
+}
