@@ -90,6 +90,43 @@ def test_symlinked_mount_point_is_refused(rootfs, tmp_path, work, walk, mount_po
     assert "symbolic link" in report["error"]["message"]
 
 
+@pytest.mark.parametrize("target", list(link_targets("/v")))
+@pytest.mark.parametrize("kind", ["bind", "bind-file", "bind-below-a-link", "tmpfs"])
+def test_symlinked_bind_and_tmpfs_destinations_are_refused(
+    rootfs, tmp_path, work, walk, kind, target
+):
+    victim = str(work / "victim")
+    source = work / "source"
+    make_layer(source, {"file": "bound\n"})
+    layer = work / "hostile"
+    layer.mkdir()
+    link = link_targets(victim)[target]
+    os.symlink(link, layer / "data")
+    destination = "/data/below" if kind == "bind-below-a-link" else "/data"
+    if kind == "tmpfs":
+        container = {"tmpfs": [[destination, 1 << 20]]}
+    else:
+        bound = source / "file" if kind == "bind-file" else source
+        container = {"binds": [[str(bound), destination, "rw"]]}
+    report = run_attempt(
+        tmp_path,
+        rootfs,
+        {
+            "args": ["/bin/true"],
+            "layers": [str(layer), rootfs],
+            "env": BB_ENV,
+            "walk": walk,
+            "container": container,
+            "watch": [victim],
+        },
+    )
+    assert report["new"] == {"/": [], victim: []}
+    assert report["error"] is not None, report
+    assert report["error"]["step"] == ("mount-tmpfs" if kind == "tmpfs" else "mount-bind")
+    assert report["error"]["errno"] == errno.ELOOP
+    assert report["error"]["filename"] == destination
+
+
 def test_symlinks_inside_dev_and_at_scratch_names_redirect_nothing(rootfs, tmp_path, work, walk):
     """A layer's dev/null, dev/shm, ... and its mnt, tmp (scratch candidates) are
     covered or unused: /dev is built where no layer reaches, then moved in."""

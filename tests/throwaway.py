@@ -68,8 +68,9 @@ exec "$@"
 
 # Runs inside the throwaway root. params: layers, args, env, walk (force the
 # component-by-component resolution), chdir_in_pre_pivot, write_in_pre_exec,
-# namespaces (call _core.spawn directly with these flags), watch (directories
-# whose new entries to report).
+# namespaces (call _core.spawn directly with these flags), container (more
+# Container keywords, e.g. binds), watch (directories whose new entries to
+# report).
 ATTEMPT = r"""
 import json, os, sys
 import pycontain
@@ -82,6 +83,10 @@ watch = ["/", *params.get("watch", [])]
 before = {path: set(os.listdir(path)) for path in watch}
 result = {"ran": False, "error": None, "output": "", "pre_exec": None}
 kwargs = {}
+container = params.get("container", {})
+for key in ("binds", "tmpfs"):  # JSON made the tuples lists
+    if key in container:
+        container[key] = [tuple(item) for item in container[key]]
 if params.get("chdir_in_pre_pivot"):
     kwargs["pre_pivot"] = lambda: os.chdir(params["chdir_in_pre_pivot"])
 if params.get("write_in_pre_exec"):
@@ -91,12 +96,13 @@ if params.get("write_in_pre_exec"):
     kwargs["pre_exec"] = pre_exec
 try:
     if "namespaces" in params:
-        prepared = _spawn.prepare(params["args"], layers=params["layers"], writedir=None,
-                                  workdir=None, executable=None, cwd=None, env=params["env"])
+        plan = pycontain.Container(layers=params["layers"])._plan
+        prepared = _spawn.prepare(plan, params["args"], executable=None, cwd=None,
+                                  env=params["env"])
         try:
             pid, pidfd, _ = _core.spawn(
                 argv=prepared.argv, envp=prepared.envp, exec_paths=prepared.exec_paths,
-                cwd=None, layer_paths=prepared.layers, layer_fds=prepared.layer_fds,
+                cwd=None, layer_paths=list(plan.layer_paths), layer_fds=prepared.layer_fds,
                 upper_path=None, upper_fd=-1, work_path=None, work_fd=-1,
                 scratch_dir=_spawn.scratch_dir(), namespaces=params["namespaces"],
                 stdio=[-1, -1, -1], pass_fds=[], hostname=None, rlimits=[], groups=None,
@@ -112,7 +118,8 @@ try:
             prepared.release()
     else:
         with pycontain.Process(params["args"], layers=params["layers"], env=params["env"],
-                               stdout=pycontain.PIPE, stderr=pycontain.STDOUT, **kwargs) as p:
+                               stdout=pycontain.PIPE, stderr=pycontain.STDOUT,
+                               **container, **kwargs) as p:
             result["output"] = p.stdout.read().decode(errors="replace")
             p.wait(30)
         result["ran"] = True
