@@ -28,14 +28,17 @@ static const char *const proc_read_only[] = {
     "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
 };
 static const char *const proc_masked[] = {
-    "/proc/acpi",       "/proc/asound",        "/proc/interrupts",  "/proc/kcore",
-    "/proc/keys",       "/proc/latency_stats", "/proc/sched_debug", "/proc/scsi",
-    "/proc/timer_list", "/proc/timer_stats",
+    "/proc/acpi",        "/proc/asound", "/proc/interrupts",
+    "/proc/kcore",       "/proc/keys",   "/proc/latency_stats",
+    "/proc/sched_debug", "/proc/scsi",   "/proc/timer_list",
 };
 static const char *const sys_masked[] = {
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 };
+
+static int read_only_copy(const struct pc_root *root, int directory, const char *name,
+                          struct pc_error *err);
 
 /* The part of `path` below its instance ("/proc/kcore" -> "/kcore"). */
 static const char *below(const char *path)
@@ -49,38 +52,21 @@ static const char *below(const char *path)
 
 int pc_kernelfs_prepare_masks(struct pc_root *root, struct pc_error *err)
 {
-    struct pc_fd_path path;
-    int masked, under;
+    int empty, masked;
 
     /* An empty directory and an empty file in the scratch tmpfs, under a
-     * read-only, nosuid, nodev, noexec bind of their directory: a bind mount
-     * copies its source's flags, so each mask is then a single mount. */
-    if ((mkdirat(root->scratch_fd, "masked", 0555) < 0 && errno != EEXIST) ||
-        (mkdirat(root->scratch_fd, "masked/dir", 0555) < 0 && errno != EEXIST) ||
-        (mknodat(root->scratch_fd, "masked/file", S_IFREG | 0444, 0) < 0 && errno != EEXIST))
-        return pc_fail(err, PC_STEP_MASK, errno, "masked");
-    under = openat(root->scratch_fd, "masked", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (under < 0)
-        return pc_fail(err, PC_STEP_MASK, errno, "masked");
-    pc_fd_path(&path, under);
-    if (mount(path.text, path.text, NULL, MS_BIND, NULL) < 0) {
-        int saved = errno;
-
-        close(under);
-        return pc_fail(err, PC_STEP_MASK, saved, "masked");
-    }
-    close(under);
-    masked = openat(root->scratch_fd, "masked", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+     * read-only bind (read_only_copy) of their directory. */
+    if ((mkdirat(root->scratch_fd, "empty", 0555) < 0 && errno != EEXIST) ||
+        (mkdirat(root->scratch_fd, "empty/dir", 0555) < 0 && errno != EEXIST) ||
+        (mknodat(root->scratch_fd, "empty/file", S_IFREG | 0444, 0) < 0 && errno != EEXIST))
+        return pc_fail(err, PC_STEP_MASK, errno, "empty");
+    empty = openat(root->scratch_fd, "empty", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (empty < 0)
+        return pc_fail(err, PC_STEP_MASK, errno, "empty");
+    masked = read_only_copy(root, empty, "masked", err);
+    close(empty);
     if (masked < 0)
-        return pc_fail(err, PC_STEP_MASK, errno, "masked");
-    pc_fd_path(&path, masked);
-    if (mount(NULL, path.text, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | PROTECTED_FLAGS, NULL) <
-        0) {
-        int saved = errno;
-
-        close(masked);
-        return pc_fail(err, PC_STEP_MASK, saved, "masked");
-    }
+        return -1;
     root->masked_dir_fd = openat(masked, "dir", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     root->masked_file_fd = openat(masked, "file", O_PATH | O_NOFOLLOW | O_CLOEXEC);
     close(masked);
@@ -110,39 +96,76 @@ static int mask(const struct pc_root *root, int instance, const char *path, stru
     return failed == 0 ? 0 : pc_fail(err, PC_STEP_MASK, failed, path);
 }
 
-/* Bind `path` onto itself and make that bind read-only. */
-static int make_read_only(const struct pc_root *root, int instance, const char *path,
+/* A read-only bind of `directory`'s mount root, made on `name` in the
+ * scratch tmpfs: a bind from it copies its flags (read-only, nosuid, nodev,
+ * noexec), so each path then needs a single mount. Returns an fd of it. */
+static int read_only_copy(const struct pc_root *root, int directory, const char *name,
                           struct pc_error *err)
 {
-    struct pc_fd_path self;
+    struct pc_fd_path source, target;
+    int under, copy, failed = 0;
+
+    if (mkdirat(root->scratch_fd, name, 0555) < 0 && errno != EEXIST)
+        return pc_fail(err, PC_STEP_MASK, errno, name);
+    under = openat(root->scratch_fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (under < 0)
+        return pc_fail(err, PC_STEP_MASK, errno, name);
+    pc_fd_path(&source, directory);
+    pc_fd_path(&target, under);
+    if (mount(source.text, target.text, NULL, MS_BIND, NULL) < 0)
+        failed = errno;
+    close(under);
+    if (failed != 0)
+        return pc_fail(err, PC_STEP_MASK, failed, name);
+    /* A remount applies to the mount at its root: open the name again,
+     * which now crosses into the new bind. */
+    copy = openat(root->scratch_fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (copy < 0)
+        return pc_fail(err, PC_STEP_MASK, errno, name);
+    if (pc_mount_on_fd(NULL, copy, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | PROTECTED_FLAGS, NULL) <
+        0) {
+        failed = errno;
+        close(copy);
+        return pc_fail(err, PC_STEP_MASK, failed, name);
+    }
+    return copy;
+}
+
+/* Bind `path` of the read-only copy over the same path of the instance. */
+static int make_read_only(const struct pc_root *root, int instance, int read_only_copy_fd,
+                          const char *path, struct pc_error *err)
+{
+    struct pc_fd_path source;
     int target = pc_open_beneath(instance, below(path), PC_NODE_ANY, 0, 0, root->force_walk);
-    int bound, failed = 0;
+    int copy, failed = 0;
 
     if (target < 0)
         return errno == ENOENT ? 0 : pc_fail(err, PC_STEP_MASK, errno, path);
-    pc_fd_path(&self, target);
-    if (mount(self.text, self.text, NULL, MS_BIND, NULL) < 0)
+    copy = pc_open_beneath(read_only_copy_fd, below(path), PC_NODE_ANY, 0, 0, root->force_walk);
+    if (copy < 0)
         failed = errno;
+    if (failed == 0) {
+        pc_fd_path(&source, copy);
+        if (pc_mount_on_fd(source.text, target, NULL, MS_BIND, NULL) < 0)
+            failed = errno;
+        close(copy);
+    }
     close(target);
-    if (failed != 0)
-        return pc_fail(err, PC_STEP_MASK, failed, path);
-    /* A remount applies to the mount at its root: open the path again,
-     * which now crosses into the new bind. */
-    bound = pc_open_beneath(instance, below(path), PC_NODE_ANY, 0, 0, root->force_walk);
-    if (bound < 0)
-        return pc_fail(err, PC_STEP_MASK, errno, path);
-    if (pc_mount_on_fd(NULL, bound, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | PROTECTED_FLAGS,
-                       NULL) < 0)
-        failed = errno;
-    close(bound);
     return failed == 0 ? 0 : pc_fail(err, PC_STEP_MASK, failed, path);
 }
 
 int pc_kernelfs_protect_proc(const struct pc_root *root, int proc_fd, struct pc_error *err)
 {
+    int copy = read_only_copy(root, proc_fd, "proc", err);
+
+    if (copy < 0)
+        return -1;
     for (size_t i = 0; i < sizeof proc_read_only / sizeof proc_read_only[0]; i++)
-        if (make_read_only(root, proc_fd, proc_read_only[i], err) < 0)
+        if (make_read_only(root, proc_fd, copy, proc_read_only[i], err) < 0) {
+            close(copy);
             return -1;
+        }
+    close(copy);
     for (size_t i = 0; i < sizeof proc_masked / sizeof proc_masked[0]; i++)
         if (mask(root, proc_fd, proc_masked[i], err) < 0)
             return -1;

@@ -132,8 +132,8 @@ def test_pre_pivot_sees_the_host_except_the_scratch_directory(rootfs, tmp_path, 
     """pre_pivot sees the host's "/" (here the test's tmp_path), except the
     scratch directory (/mnt here): the container's private tmpfs, holding the
     overlay's upper, work and mount point directories, /dev's mount point (it
-    is built there, then moved into the container) and what masks /proc's
-    host interfaces, is mounted over it."""
+    is built there, then moved into the container) and the read-only copies
+    that mask /proc's host interfaces, is mounted over it."""
     scratch = os.fsdecode(_spawn.scratch_dir())
     (tmp_path / "visible").write_text("x")
     report = tmp_path / "seen"
@@ -143,7 +143,7 @@ def test_pre_pivot_sees_the_host_except_the_scratch_directory(rootfs, tmp_path, 
         report.write_text(repr(seen))
 
     run_out(rootfs, ["/bin/true"], pre_pivot=pre_pivot)
-    assert report.read_text() == repr([True, ["dev", "masked", "root", "upper", "work"]])
+    assert report.read_text() == repr([True, ["dev", "empty", "masked", "proc", "root", "upper", "work"]])
 
 
 def test_pre_pivot_writes_land_in_the_containers_root(rootfs, quiet):

@@ -301,7 +301,6 @@ MASKED = [
     "/proc/sched_debug",
     "/proc/scsi",
     "/proc/timer_list",
-    "/proc/timer_stats",
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 ]
