@@ -143,7 +143,9 @@ def test_pre_pivot_sees_the_host_except_the_scratch_directory(rootfs, tmp_path, 
         report.write_text(repr(seen))
 
     run_out(rootfs, ["/bin/true"], pre_pivot=pre_pivot)
-    assert report.read_text() == repr([True, ["dev", "empty", "masked", "proc", "root", "upper", "work"]])
+    assert report.read_text() == repr(
+        [True, ["dev", "empty", "masked", "proc", "root", "upper", "work"]]
+    )
 
 
 def test_pre_pivot_writes_land_in_the_containers_root(rootfs, quiet):
