@@ -196,6 +196,24 @@ fail:
     }
 }
 
+/* Whether `path` has a "." or ".." component: the parent refuses such paths
+ * (request.c), and this keeps the walk from ever going up should one come. */
+static int has_dot_component(const char *path)
+{
+    while (*path != '\0') {
+        size_t n = 0;
+
+        while (*path == '/')
+            path++;
+        while (path[n] != '\0' && path[n] != '/')
+            n++;
+        if ((n == 1 && path[0] == '.') || (n == 2 && path[0] == '.' && path[1] == '.'))
+            return 1;
+        path += n;
+    }
+    return 0;
+}
+
 int pc_open_beneath(int base, const char *path, enum pc_node kind, int create, mode_t mode,
                     int force_walk)
 {
@@ -208,6 +226,10 @@ int pc_open_beneath(int base, const char *path, enum pc_node kind, int create, m
 
     while (*relative == '/')
         relative++;
+    if (has_dot_component(relative)) {
+        errno = EINVAL;
+        return -1;
+    }
     if (force_walk || *relative == '\0')
         return walk(base, relative, kind, create, mode);
     /* One syscall for the whole path, with the kernel enforcing the rule. */
