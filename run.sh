@@ -48,6 +48,12 @@ fi
 if [ "$task" = test ] || [ "$task" = sanitize ] || [ "$task" = bench ]; then
     [ -x /bin/busybox ] || apt_missing+=(busybox-static)
 fi
+# The escape tests check with strace that the path-resolution fallback is
+# the one taken, and build the throwaway root with util-linux's unshare.
+if [ "$task" = test ] || [ "$task" = sanitize ]; then
+    command -v strace >/dev/null || apt_missing+=(strace)
+    command -v unshare >/dev/null || apt_missing+=(util-linux)
+fi
 if [ "$task" = bench ]; then
     command -v bwrap >/dev/null || apt_missing+=(bubblewrap)
     command -v unshare >/dev/null || apt_missing+=(util-linux)

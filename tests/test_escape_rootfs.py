@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 
 import pytest
 from helpers import BB_ENV, TIMEOUT, make_layer, snapshot
@@ -389,3 +390,26 @@ def test_lower_layer_is_never_modified(rootfs, tmp_path):
     ).returncode
     assert code == 0
     assert snapshot(layer) == before
+
+
+@pytest.mark.parametrize("walk_forced", [False, True], ids=["openat2", "walk"])
+def test_the_walk_knob_really_skips_openat2(rootfs, walk_forced):
+    """The walk fixture above tests the fallback only if the knob reaches the C
+    core: count the child's openat2 calls."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is missing (apt-get install strace)")
+    script = (
+        "import sys, pycontain; from pycontain import _spawn; "
+        f"_spawn._force_resolve_walk = {walk_forced}; "
+        f"pycontain.run(['/bin/true'], layers=[{rootfs!r}], env={{'PATH': '/bin'}}, check=True)"
+    )
+    traced = subprocess.run(
+        [strace, "-f", "-qq", "-e", "trace=openat2", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    )
+    calls = traced.stderr.count("openat2(")
+    assert (calls == 0) if walk_forced else (calls > 5), traced.stderr[-2000:]

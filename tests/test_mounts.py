@@ -194,3 +194,37 @@ def test_containers_with_mounts_are_values(rootfs, shared):
     assert pickle.loads(pickle.dumps(a)) == a
     assert a.replace(shm_size=MiB) != a
     assert "binds=" in repr(a)
+
+
+def test_pre_pivot_sees_binds_and_tmpfs_in_place(rootfs, shared, tmp_path):
+    report = tmp_path / "seen"
+
+    def pre_pivot():
+        # The current directory is the container's future root.
+        with open("data/file") as f:
+            seen = [f.read(), os.path.ismount("scratch")]
+        report.write_text(repr(seen))
+
+    assert (
+        pycontain.run(
+            ["/bin/true"],
+            layers=[rootfs],
+            binds=[(shared, "/data")],
+            tmpfs=["/scratch"],
+            pre_pivot=pre_pivot,
+        ).returncode
+        == 0
+    )
+    assert report.read_text() == repr(["host data\n", True])
+
+
+def test_a_bind_source_removed_after_the_container_was_made(rootfs, tmp_path):
+    source = tmp_path / "gone"
+    source.mkdir()
+    box = pycontain.Container(layers=[rootfs], binds=[(source, "/data")])
+    source.rmdir()
+    with pytest.raises(FileNotFoundError) as caught:
+        box.run(["/bin/true"])
+    assert isinstance(caught.value, pycontain.SpawnError)
+    assert caught.value.step == "bind"
+    assert caught.value.filename == str(source)
