@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from typing import Any
+
+import pytest
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,6 +152,9 @@ def attempt(
     ``read_only`` and ``writable`` are host directories bound at their own
     paths (no ':' in them). Returns the attempt's report.
     """
+    missing = [tool for tool in ("unshare", "mount", "pivot_root") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"the throwaway root needs util-linux's {', '.join(missing)}")
     os.makedirs(newroot, exist_ok=True)
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
