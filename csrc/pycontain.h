@@ -22,7 +22,8 @@
 
 /* Points in the child's sequence where caller code may run. */
 enum pc_hook {
-    PC_HOOK_PRE_PIVOT = 0, /* overlay and /proc, /sys, /dev mounted; cwd is the new root */
+    PC_HOOK_PRE_PIVOT = 0, /* every mount made; cwd is the new root (pivot_root does not
+                            * depend on it) */
     PC_HOOK_PRE_EXEC = 1,  /* after pivot_root, cwd and stdio; before uid/gid and exec */
 };
 
