@@ -96,9 +96,10 @@ static int mask(const struct pc_root *root, int instance, const char *path, stru
     return failed == 0 ? 0 : pc_fail(err, PC_STEP_MASK, failed, path);
 }
 
-/* A read-only bind of `directory`'s mount root, made on `name` in the
- * scratch tmpfs: a bind from it copies its flags (read-only, nosuid, nodev,
- * noexec), so each path then needs a single mount. Returns an fd of it. */
+/* A read-only bind of `directory` (the new /proc, or the directory holding
+ * the empty directory and file), made on `name` in the scratch tmpfs: a
+ * bind from it copies its flags (read-only, nosuid, nodev, noexec), so each
+ * path then needs a single mount. Returns an fd of it. */
 static int read_only_copy(const struct pc_root *root, int directory, const char *name,
                           struct pc_error *err)
 {
