@@ -6,8 +6,9 @@
  * /proc and /sys are the container's own instances, but some of their
  * files are the host kernel's: its settings (/proc/sys), its memory
  * (/proc/kcore), its keys, timers and interrupts, SysRq. The lists are
- * those of runc, crun and Podman: read-only bind mounts over what a
- * program may read, an empty directory or file over what it should not see.
+ * the union of Docker's, Podman's and runc's example spec: read-only binds
+ * over what a program may read, an empty directory or file over what it
+ * should not see.
  * A path the kernel does not have (configuration-dependent) is skipped.
  * Every path is opened beneath the instance's root (beneath.c), every mount
  * is nosuid, nodev, noexec.
