@@ -185,6 +185,26 @@ def test_pre_pivot_chdir_cannot_redirect_the_pivot(rootfs, tmp_path, work):
     assert report["error"] is None, report
 
 
+def test_pre_pivot_replacing_the_held_root_fd_is_caught(rootfs, tmp_path, work):
+    """A callback that puts another directory on the fd number of the held root
+    makes pivot_root fail (ESTALE) rather than go there."""
+    report = run_attempt(
+        tmp_path,
+        rootfs,
+        {
+            "args": ["/bin/true"],
+            "layers": [rootfs],
+            "env": BB_ENV,
+            "replace_root_fd_with": str(work),
+            "write_in_pre_exec": "/escaped",
+            "watch": [str(work)],
+        },
+    )
+    assert report["new"] == {"/": [], str(work): []}
+    assert report["error"] is not None, report
+    assert (report["error"]["step"], report["error"]["errno"]) == ("pivot-root", errno.ESTALE)
+
+
 # -- item 6: the C core refuses misuse ------------------------------------------------
 
 

@@ -70,7 +70,8 @@ exec "$@"
 """
 
 # Runs inside the throwaway root. params: layers, args, env, walk (force the
-# component-by-component resolution), chdir_in_pre_pivot, write_in_pre_exec,
+# component-by-component resolution), chdir_in_pre_pivot, replace_root_fd_with
+# (a pre_pivot that puts that directory on pycontain's root fd), write_in_pre_exec,
 # namespaces (call _core.spawn directly with these flags), container (more
 # Container keywords, e.g. binds), watch (directories whose new entries to
 # report).
@@ -92,6 +93,21 @@ for key in ("binds", "tmpfs"):  # JSON made the tuples lists
         container[key] = [tuple(item) for item in container[key]]
 if params.get("chdir_in_pre_pivot"):
     kwargs["pre_pivot"] = lambda: os.chdir(params["chdir_in_pre_pivot"])
+if params.get("replace_root_fd_with"):
+    def pre_pivot():
+        # Find the fd pycontain holds on the container's root (the current
+        # directory now) and put another directory on its number.
+        here = os.stat(".")
+        other = os.open(params["replace_root_fd_with"], os.O_PATH | os.O_DIRECTORY)
+        for fd in range(3, 256):
+            try:
+                info = os.fstat(fd)
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) == (here.st_dev, here.st_ino) and fd != other:
+                os.dup2(other, fd)
+        os.chdir(params["replace_root_fd_with"])
+    kwargs["pre_pivot"] = pre_pivot
 if params.get("write_in_pre_exec"):
     def pre_exec():
         with open(params["write_in_pre_exec"], "w") as f:
