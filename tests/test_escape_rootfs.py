@@ -91,6 +91,30 @@ def test_symlinked_mount_point_is_refused(rootfs, tmp_path, work, walk, mount_po
     assert "symbolic link" in report["error"]["message"]
 
 
+@pytest.mark.parametrize("mount_point", MOUNT_POINTS)
+def test_symlinked_mount_point_in_the_writedir_is_refused(rootfs, tmp_path, work, mount_point):
+    """The writable layer (a writedir kept from an earlier run) is a layer too."""
+    writedir = work / "writedir"
+    writedir.mkdir()
+    os.symlink("/", writedir / mount_point)
+    report = run_attempt(
+        tmp_path,
+        rootfs,
+        {
+            "args": ["/bin/true"],
+            "layers": [rootfs],
+            "env": BB_ENV,
+            "container": {"writedir": str(writedir)},
+        },
+    )
+    assert report["new"] == {"/": []}
+    assert report["error"] is not None, report
+    assert (report["error"]["step"], report["error"]["errno"]) == (
+        STEP_OF[mount_point],
+        errno.ELOOP,
+    )
+
+
 @pytest.mark.parametrize("target", list(link_targets("/v")))
 @pytest.mark.parametrize("kind", ["bind", "bind-file", "bind-below-a-link", "tmpfs"])
 def test_symlinked_bind_and_tmpfs_destinations_are_refused(
