@@ -14,10 +14,13 @@ from ._container import Container
 from ._errors import CallbackError, SpawnError, TimeoutExpired
 from ._io import DEVNULL, PIPE, STDOUT
 from ._netns import netns_pool_status, set_netns_pool
+from ._privileges import CAPABILITIES, DEFAULT_CAPABILITIES
 from ._process import Process
 from ._run import CompletedProcess, run
 
 __all__ = [
+    "CAPABILITIES",
+    "DEFAULT_CAPABILITIES",
     "DEVNULL",
     "PIPE",
     "STDOUT",

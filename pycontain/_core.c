@@ -7,6 +7,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <linux/capability.h>
 #include <unistd.h>
 #include <sched.h>
 #include <string.h>
@@ -210,8 +211,9 @@ PyDoc_STRVAR(spawn_doc,
              "      upper_fd, work_path, work_fd, scratch_dir, namespaces, stdio, pass_fds,\n"
              "      hostname, rlimits, groups, gid, uid, umask, force_legacy_clone=False,\n"
              "      trace=None, pre_pivot=None, pre_exec=None, format_exception=None,\n"
-             "      timeout_ms=-1, use_netns_pool=True, cgroup_fd=-1, cgroup_procs_fds=[])\n"
-             "      -> (pid, pidfd, mntns_fd)\n\n"
+             "      timeout_ms=-1, use_netns_pool=True, cgroup_fd=-1, cgroup_procs_fds=[],\n"
+             "      privileged=False, capabilities=0, last_capability=CAP_LAST_CAP,\n"
+             "      seccomp=None) -> (pid, pidfd, mntns_fd)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
              "None or a list of gids. Raises StepError(step, errno, detail) on failure.\n"
@@ -220,7 +222,9 @@ PyDoc_STRVAR(spawn_doc,
              "With pre_pivot/pre_exec (callables) or timeout_ms >= 0 the fork path is\n"
              "used; format_exception(exc) -> (errno, bytes) formats a hook's exception.\n"
              "cgroup_fd: a cgroup v2 directory to clone into; cgroup_procs_fds: the\n"
-             "cgroup.procs files the child writes \"0\" to otherwise.");
+             "cgroup.procs files the child writes \"0\" to otherwise.\n"
+             "capabilities: a mask of the capabilities the program keeps (bit N:\n"
+             "capability N); seccomp: None or bytes of struct sock_filter to load last.");
 
 static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -253,10 +257,17 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "use_netns_pool",
                                "cgroup_fd",
                                "cgroup_procs_fds",
+                               "privileged",
+                               "capabilities",
+                               "last_capability",
+                               "seccomp",
                                NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *rlimit_list;
     PyObject *group_list, *result = NULL, *trace = Py_None;
     PyObject *pre_pivot = Py_None, *pre_exec = Py_None, *format_exception = Py_None;
+    PyObject *seccomp = Py_None;
+    int privileged = 0, last_capability = CAP_LAST_CAP;
+    unsigned long long capabilities = 0;
     struct python_hooks python_hooks = {0};
     struct pc_hooks hooks = {.run = run_python_hook, .context = &python_hooks};
     int timeout_ms = -1, use_netns_pool = 1, cgroup_fd = -1;
@@ -275,13 +286,14 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 
     (void)module;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&", keywords, &argv_list, &envp_list,
-            &exec_list, &cwd, &layer_path_list, convert_int_list, &layer_fds,
+            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&pKiO", keywords, &argv_list,
+            &envp_list, &exec_list, &cwd, &layer_path_list, convert_int_list, &layer_fds,
             convert_optional_bytes, &upper_path, &upper_fd, convert_optional_bytes, &work_path,
             &work_fd, &scratch_dir, &namespaces, convert_int_list, &stdio, convert_int_list,
             &pass_fds, convert_optional_bytes, &hostname, &rlimit_list, &group_list, &gid, &uid,
             &umask_value, &force_legacy_clone, &trace, &pre_pivot, &pre_exec, &format_exception,
-            &timeout_ms, &use_netns_pool, &cgroup_fd, convert_int_list, &cgroup_procs_fds))
+            &timeout_ms, &use_netns_pool, &cgroup_fd, convert_int_list, &cgroup_procs_fds,
+            &privileged, &capabilities, &last_capability, &seccomp))
         return NULL;
     if (cwd != Py_None && !PyBytes_Check(cwd)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -303,6 +315,25 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     if ((upper_fd >= 0) != (upper_path != NULL) || (work_fd >= 0) != (upper_fd >= 0) ||
         (work_fd >= 0) != (work_path != NULL)) {
         PyErr_SetString(PyExc_ValueError, "upper and work need a path and an fd each, or neither");
+        goto done;
+    }
+    if (seccomp != Py_None) {
+        /* struct sock_filter is 8 bytes; the kernel takes 1 to BPF_MAXINSNS
+         * (4096) instructions. */
+        if (!PyBytes_Check(seccomp)) {
+            PyErr_SetString(PyExc_TypeError, "seccomp must be bytes or None");
+            goto done;
+        }
+        if (PyBytes_GET_SIZE(seccomp) == 0 || PyBytes_GET_SIZE(seccomp) % 8 != 0 ||
+            PyBytes_GET_SIZE(seccomp) / 8 > 4096) {
+            PyErr_SetString(PyExc_ValueError, "seccomp must hold 1 to 4096 8-byte instructions");
+            goto done;
+        }
+        request.seccomp_filter = PyBytes_AS_STRING(seccomp);
+        request.seccomp_length = (size_t)PyBytes_GET_SIZE(seccomp) / 8;
+    }
+    if (last_capability < 0 || last_capability > 63) {
+        PyErr_SetString(PyExc_ValueError, "last_capability must be from 0 to 63");
         goto done;
     }
     if (!PyList_Check(rlimit_list)) {
@@ -378,6 +409,9 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     request.cgroup_fd = cgroup_fd;
     request.cgroup_procs_fds = cgroup_procs_fds.items;
     request.cgroup_procs_fd_count = cgroup_procs_fds.count;
+    request.privileged = privileged;
+    request.capabilities = capabilities;
+    request.last_capability = last_capability;
 
     if (pre_pivot != Py_None || pre_exec != Py_None) {
         if ((pre_pivot != Py_None && !PyCallable_Check(pre_pivot)) ||

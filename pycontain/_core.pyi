@@ -44,6 +44,10 @@ def spawn(
     use_netns_pool: bool = ...,
     cgroup_fd: int = ...,
     cgroup_procs_fds: list[int] = ...,
+    privileged: bool = ...,
+    capabilities: int = ...,
+    last_capability: int = ...,
+    seccomp: bytes | None = ...,
 ) -> tuple[int, int, int]: ...
 def wait_pidfd(
     pidfd: int, options: int, /

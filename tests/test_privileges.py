@@ -1,0 +1,199 @@
+"""Capabilities, no_new_privs, privileged=True, and their checks (docs/security.md)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from helpers import BB_ENV, TIMEOUT
+
+import pycontain
+from pycontain import PIPE, _privileges, _seccomp
+
+STATUS_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
+
+
+def status_of(rootfs, **kwargs) -> dict[str, int]:
+    """The capability, no_new_privs and seccomp fields of the program's /proc/self/status."""
+    kwargs.setdefault("env", BB_ENV)
+    with pycontain.Process(
+        ["/bin/cat", "/proc/self/status"],
+        layers=[rootfs],
+        stdout=PIPE,
+        stderr=PIPE,
+        text=True,
+        **kwargs,
+    ) as p:
+        out, err = p.communicate(timeout=TIMEOUT)
+    assert p.returncode == 0, err
+    return parse_status(out)
+
+
+def parse_status(text: str) -> dict[str, int]:
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {
+        name: int(fields[name].strip(), 16 if name.startswith("Cap") else 10)
+        for name in STATUS_FIELDS
+    }
+
+
+def mask(*names: str) -> int:
+    return _privileges.capability_mask(names)
+
+
+def host_status() -> dict[str, int]:
+    with open("/proc/self/status") as f:
+        return parse_status(f.read())
+
+
+DEFAULT = _privileges.capability_mask(pycontain.DEFAULT_CAPABILITIES)
+
+
+def test_default_set_is_podmans():
+    assert {
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SETFCAP",
+        "CAP_SETGID",
+        "CAP_SETPCAP",
+        "CAP_SETUID",
+        "CAP_SYS_CHROOT",
+    } == pycontain.DEFAULT_CAPABILITIES
+    for dangerous in [
+        "SYS_ADMIN",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_PTRACE",
+        "SYS_BOOT",
+        "SYS_TIME",
+        "MKNOD",
+        "NET_ADMIN",
+    ]:
+        assert f"CAP_{dangerous}" not in pycontain.DEFAULT_CAPABILITIES
+
+
+def test_root_keeps_the_default_set_only(rootfs):
+    assert status_of(rootfs) == {
+        "CapInh": 0,
+        "CapPrm": DEFAULT,
+        "CapEff": DEFAULT,
+        "CapBnd": DEFAULT,
+        "CapAmb": 0,
+        "NoNewPrivs": 1,
+        "Seccomp": 2,  # SECCOMP_MODE_FILTER
+    }
+
+
+@pytest.mark.parametrize("name", ["CAP_NET_RAW", "net_raw", "NET_RAW", "Cap_Net_Raw"])
+def test_capabilities_chooses_the_set(rootfs, name):
+    status = status_of(rootfs, capabilities=[*pycontain.DEFAULT_CAPABILITIES, name])
+    expected = DEFAULT | 1 << 13  # CAP_NET_RAW
+    assert (status["CapPrm"], status["CapEff"], status["CapBnd"]) == (expected,) * 3
+
+
+def test_no_capabilities_at_all(rootfs):
+    status = status_of(rootfs, capabilities=[])
+    assert [status[f] for f in STATUS_FIELDS[:5]] == [0] * 5
+    # Root without CAP_CHOWN cannot give a file away.
+    with pycontain.Process(
+        ["/bin/sh", "-c", "touch /f && chown 1000 /f"],
+        layers=[rootfs],
+        env=BB_ENV,
+        capabilities=[],
+        stderr=PIPE,
+    ) as p:
+        _, err = p.communicate(timeout=TIMEOUT)
+    assert p.returncode != 0 and b"Operation not permitted" in err
+
+
+def test_a_non_root_uid_ends_with_no_capabilities(rootfs):
+    status = status_of(rootfs, uid=1000, gid=1000)
+    assert [status[f] for f in STATUS_FIELDS[:5]] == [0] * 5
+    assert status["NoNewPrivs"] == 1
+
+
+def test_a_non_root_uid_keeps_capabilities_asked_for_in_its_ambient_set(rootfs):
+    status = status_of(rootfs, uid=1000, gid=1000, capabilities=["net_bind_service"])
+    bind = mask("CAP_NET_BIND_SERVICE")
+    assert status == {
+        "CapInh": bind,
+        "CapPrm": bind,
+        "CapEff": bind,
+        "CapBnd": bind,
+        "CapAmb": bind,
+        "NoNewPrivs": 1,
+        "Seccomp": 2,
+    }
+
+
+def test_privileged_keeps_every_capability(rootfs):
+    host = host_status()
+    status = status_of(rootfs, privileged=True)
+    assert status == {
+        "CapInh": host["CapInh"],
+        "CapPrm": host["CapPrm"],
+        "CapEff": host["CapEff"],
+        "CapBnd": host["CapBnd"],
+        "CapAmb": host["CapAmb"],
+        "NoNewPrivs": 0,
+        "Seccomp": 0,
+    }
+
+
+def test_privileged_with_a_filter_of_ones_own(rootfs):
+    allow_all = _seccomp.assemble([(0x06, 0, 0, 0x7FFF0000)])  # ret SECCOMP_RET_ALLOW
+    status = status_of(rootfs, privileged=True, seccomp=allow_all)
+    assert (status["CapEff"], status["Seccomp"]) == (host_status()["CapEff"], 2)
+
+
+def test_callbacks_run_with_every_capability_and_the_program_without(rootfs):
+    # docs/security.md: pre_exec runs before capabilities are dropped.
+    def report():
+        with open("/proc/self/status") as f:
+            os.write(1, f"callback {parse_status(f.read())['CapEff']}\n".encode())
+
+    with pycontain.Process(
+        ["/bin/sh", "-c", "echo program $(grep CapEff /proc/self/status | cut -f2)"],
+        layers=[rootfs],
+        env=BB_ENV,
+        pre_exec=report,
+        stdout=PIPE,
+        text=True,
+    ) as p:
+        out, _ = p.communicate(timeout=TIMEOUT)
+    callback, program = out.splitlines()
+    assert callback == f"callback {host_status()['CapEff']}"
+    assert int(program.split()[1], 16) == DEFAULT
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"capabilities": ["CAP_NOSUCH"]}, ValueError, "unknown capability 'CAP_NOSUCH'"),
+        ({"capabilities": ["sys_everything"]}, ValueError, "unknown capability"),
+        ({"capabilities": "CAP_NET_RAW"}, TypeError, "not a single string"),
+        ({"capabilities": [13]}, TypeError, "not int"),
+        ({"privileged": True, "capabilities": []}, ValueError, "do not pass capabilities"),
+        ({"privileged": 1}, TypeError, "privileged must be True or False"),
+        ({"seccomp": "strict"}, TypeError, "seccomp must be 'default', None or bytes"),
+        ({"seccomp": b"1234567"}, ValueError, "not 7 bytes"),
+        ({"seccomp": b""}, ValueError, "1 to 4096 instructions"),
+        ({"seccomp": bytes(8 * 4097)}, ValueError, "1 to 4096 instructions"),
+        ({"network": "pasta"}, ValueError, "network must be one of 'none', 'host'"),
+        ({"network": None}, ValueError, "network must be one of"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_starts(rootfs, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        pycontain.Process(["/bin/true"], layers=[rootfs], env=BB_ENV, **kwargs)
+
+
+def test_every_capability_name_is_known_in_both_forms():
+    for number, name in enumerate(pycontain.CAPABILITIES):
+        if number <= _privileges.last_capability():
+            assert _privileges.capability_number(name) == number
+            assert _privileges.capability_number(name[4:].lower()) == number
