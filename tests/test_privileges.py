@@ -197,3 +197,46 @@ def test_every_capability_name_is_known_in_both_forms():
         if number <= _privileges.last_capability():
             assert _privileges.capability_number(name) == number
             assert _privileges.capability_number(name[4:].lower()) == number
+
+
+@pytest.mark.parametrize("privileged", [False, True])
+def test_root_cannot_raise_its_hard_limits_back(rootfs, privileged):
+    # Raising a hard limit needs CAP_SYS_RESOURCE, which only privileged=True
+    # keeps. (RLIMIT_NPROC binds no root either way: the kernel exempts uid 0
+    # of the initial user namespace whatever its capabilities.)
+    if privileged and not host_status()["CapEff"] & mask("CAP_SYS_RESOURCE"):
+        pytest.skip("this process has no CAP_SYS_RESOURCE to keep")
+    with pycontain.Process(
+        ["/bin/sh", "-c", "ulimit -n 128 && ulimit -n"],
+        layers=[rootfs],
+        env=BB_ENV,
+        rlimits={"nofile": (64, 64)},
+        privileged=privileged,
+        stdout=PIPE,
+        stderr=PIPE,
+        text=True,
+    ) as p:
+        out, err = p.communicate(timeout=TIMEOUT)
+    if privileged:
+        assert (p.returncode, out) == (0, "128\n")
+    else:
+        assert p.returncode != 0 and "Operation not permitted" in err
+
+
+def test_container_fields_compare_normalised_and_pickle(rootfs):
+    import pickle
+
+    a = pycontain.Container(layers=[rootfs], capabilities=["net_raw", "CAP_CHOWN"])
+    b = pycontain.Container(layers=[rootfs], capabilities=("CAP_NET_RAW", "chown"))
+    assert a == b and hash(a) == hash(b)
+    assert a.capabilities == frozenset({"CAP_NET_RAW", "CAP_CHOWN"})
+    assert pickle.loads(pickle.dumps(a)) == a
+    host = a.replace(network="host", seccomp=bytearray(_seccomp.default_filter()))
+    assert (host.network, host.seccomp) == ("host", _seccomp.default_filter())
+    assert "network='host'" in repr(host)
+    with pytest.raises(ValueError, match="unknown capability"):
+        a.replace(capabilities=["nosuch"])
+    status = parse_status(
+        a.run(["/bin/cat", "/proc/self/status"], env=BB_ENV, capture_output=True, text=True).stdout
+    )
+    assert status["CapEff"] == mask("CAP_NET_RAW", "CAP_CHOWN")
