@@ -119,9 +119,9 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
     /* First, so that all the container does, its own set-up too, is limited and counted. */
     STEP(PC_STEP_JOIN_CGROUP, pc_cgroup_join(args, err));
     STEP(PC_STEP_SIGNALS, reset_signal_handlers(args, err));
-    /* Out of the caller's process group and session: kill(0, ...) and the
-     * caller's terminal are out of reach (privileges.c). */
-    STEP(PC_STEP_NEW_SESSION, pc_privileges_new_session(err));
+    /* Out of the caller's process group (kill(0, ...) from inside), and
+     * session when the caller has a terminal (privileges.c). */
+    STEP(PC_STEP_PROCESS_GROUP, pc_privileges_leave_process_group(request, err));
     if (args->netns_fd >= 0 && setns(args->netns_fd, CLONE_NEWNET) < 0)
         return pc_fail(err, PC_STEP_JOIN_NETNS, errno, NULL);
     /* A namespace from the pool has lo up already; one clone or unshare

@@ -114,7 +114,7 @@ int pc_cgroup_join(const struct pc_child_args *args, struct pc_error *err);
 int pc_identity_apply(const struct pc_spawn_request *request, struct pc_error *err);
 
 /* privileges.c (child side, async-signal-safe; the order is in its header) */
-int pc_privileges_new_session(struct pc_error *err);
+int pc_privileges_leave_process_group(const struct pc_spawn_request *request, struct pc_error *err);
 int pc_privileges_join_session_keyring(struct pc_error *err);
 int pc_privileges_limit_bounding_set(const struct pc_spawn_request *request, struct pc_error *err);
 int pc_privileges_set_capabilities(const struct pc_spawn_request *request, struct pc_error *err);

@@ -107,6 +107,10 @@ struct pc_spawn_request {
     unsigned long long capabilities;
     int last_capability;
 
+    /* The program gets a process group of its own, and with new_session
+     * (for a caller with a controlling terminal) a session of its own. */
+    int new_session;
+
     /* A seccomp BPF program (an array of struct sock_filter) loaded as the
      * last step before exec, or NULL for none. */
     const void *seccomp_filter;

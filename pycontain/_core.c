@@ -213,7 +213,7 @@ PyDoc_STRVAR(spawn_doc,
              "      trace=None, pre_pivot=None, pre_exec=None, format_exception=None,\n"
              "      timeout_ms=-1, use_netns_pool=True, cgroup_fd=-1, cgroup_procs_fds=[],\n"
              "      privileged=False, capabilities=0, last_capability=CAP_LAST_CAP,\n"
-             "      seccomp=None) -> (pid, pidfd, mntns_fd)\n\n"
+             "      seccomp=None, new_session=True) -> (pid, pidfd, mntns_fd)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
              "None or a list of gids. Raises StepError(step, errno, detail) on failure.\n"
@@ -261,12 +261,13 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "capabilities",
                                "last_capability",
                                "seccomp",
+                               "new_session",
                                NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *rlimit_list;
     PyObject *group_list, *result = NULL, *trace = Py_None;
     PyObject *pre_pivot = Py_None, *pre_exec = Py_None, *format_exception = Py_None;
     PyObject *seccomp = Py_None;
-    int privileged = 0, last_capability = CAP_LAST_CAP;
+    int privileged = 0, last_capability = CAP_LAST_CAP, new_session = 1;
     unsigned long long capabilities = 0;
     struct python_hooks python_hooks = {0};
     struct pc_hooks hooks = {.run = run_python_hook, .context = &python_hooks};
@@ -286,14 +287,14 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 
     (void)module;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&pKiO", keywords, &argv_list,
+            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&pKiOp", keywords, &argv_list,
             &envp_list, &exec_list, &cwd, &layer_path_list, convert_int_list, &layer_fds,
             convert_optional_bytes, &upper_path, &upper_fd, convert_optional_bytes, &work_path,
             &work_fd, &scratch_dir, &namespaces, convert_int_list, &stdio, convert_int_list,
             &pass_fds, convert_optional_bytes, &hostname, &rlimit_list, &group_list, &gid, &uid,
             &umask_value, &force_legacy_clone, &trace, &pre_pivot, &pre_exec, &format_exception,
             &timeout_ms, &use_netns_pool, &cgroup_fd, convert_int_list, &cgroup_procs_fds,
-            &privileged, &capabilities, &last_capability, &seccomp))
+            &privileged, &capabilities, &last_capability, &seccomp, &new_session))
         return NULL;
     if (cwd != Py_None && !PyBytes_Check(cwd)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -412,6 +413,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     request.privileged = privileged;
     request.capabilities = capabilities;
     request.last_capability = last_capability;
+    request.new_session = new_session;
 
     if (pre_pivot != Py_None || pre_exec != Py_None) {
         if ((pre_pivot != Py_None && !PyCallable_Check(pre_pivot)) ||

@@ -48,6 +48,7 @@ def spawn(
     capabilities: int = ...,
     last_capability: int = ...,
     seccomp: bytes | None = ...,
+    new_session: bool = ...,
 ) -> tuple[int, int, int]: ...
 def wait_pidfd(
     pidfd: int, options: int, /

@@ -7,6 +7,7 @@ defaults and the checks are here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -138,6 +139,18 @@ def capability_mask(names: Iterable[str]) -> int:
     for name in _names(names):
         mask |= 1 << capability_number(name)
     return mask
+
+
+def has_controlling_terminal() -> bool:
+    """Whether this process has a controlling terminal (then a container
+    gets a session of its own, not only a process group; see
+    csrc/privileges.c). Asked at each spawn (~ a few us): a process can
+    lose or gain one."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
 
 
 @dataclass

@@ -560,6 +560,7 @@ def spawn(
             capabilities=settings.privileges.capabilities,
             last_capability=_privileges.last_capability(),
             seccomp=settings.privileges.seccomp,
+            new_session=_privileges.has_controlling_terminal(),
             trace=trace,
             cgroup_fd=-1 if cgroup is None else cgroup.dir_fd,
             cgroup_procs_fds=[] if cgroup is None else cgroup.procs_fds,

@@ -287,29 +287,13 @@ def test_cannot_see_a_host_process(attacker):
     assert json.loads(result) == [False, "ESRCH"]
 
 
-def test_cannot_signal_the_callers_process_group(host_root, tmp_path):
-    # kill(0, sig) reaches the caller's process group unless the container
-    # has a session of its own. The caller here is a subprocess in a new
-    # session, which counts the SIGUSR1 it gets.
-    _need_host_python(host_root)
-    script = tmp_path / "group.py"
+def _run_caller(tmp_path, body: str) -> str:
+    """Run ``body`` in a subprocess that has a session of its own (and with
+    it, a process group that pycontain's tests do not share); its output."""
+    script = tmp_path / "caller.py"
     script.write_text(
-        textwrap.dedent(
-            f"""
-            import signal, sys, time
-            sys.path.insert(0, {os.path.dirname(__file__)!r})
-            from test_escape_privileges import inside
-            received = []
-            signal.signal(signal.SIGUSR1, lambda *_: received.append(1))
-            # The container's PID 1 ignores SIGUSR1, so it does not die of its own.
-            result = inside("import signal\\n"
-                            "signal.signal(signal.SIGUSR1, signal.SIG_IGN)\\n"
-                            "os.kill(0, signal.SIGUSR1)\\n"
-                            "print(os.getsid(0))")
-            time.sleep(0.2)
-            print(result, len(received))
-            """
-        )
+        f"import os, sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from test_escape_privileges import inside\n" + textwrap.dedent(body)
     )
     out = subprocess.run(
         [sys.executable, str(script)],
@@ -319,9 +303,50 @@ def test_cannot_signal_the_callers_process_group(host_root, tmp_path):
         start_new_session=True,
     )
     assert out.returncode == 0, out.stderr
-    session_inside, received = out.stdout.split()
+    return out.stdout
+
+
+def test_cannot_signal_the_callers_process_group(host_root, tmp_path):
+    # kill(0, sig) reaches the caller's process group unless the container
+    # has one of its own. The caller here counts the SIGUSR1 it gets.
+    _need_host_python(host_root)
+    out = _run_caller(
+        tmp_path,
+        """
+        import signal, time
+        received = []
+        signal.signal(signal.SIGUSR1, lambda *_: received.append(1))
+        # The container's PID 1 ignores SIGUSR1, so it does not die of its own.
+        result = inside("import signal\\n"
+                        "signal.signal(signal.SIGUSR1, signal.SIG_IGN)\\n"
+                        "os.kill(0, signal.SIGUSR1)\\n"
+                        "print(os.getpgid(0))")
+        time.sleep(0.2)
+        print(result, len(received))
+        """,
+    )
+    group_inside, received = out.split()
     assert received == "0"
-    assert session_inside == "1"  # its PID 1 leads a session of its own
+    assert group_inside == "1"  # its PID 1 leads a process group of its own
+
+
+def test_cannot_reach_the_callers_controlling_terminal(host_root, tmp_path):
+    # A caller with a controlling terminal (a pty made here): the container
+    # gets a session of its own, so /dev/tty is nothing to it.
+    _need_host_python(host_root)
+    out = _run_caller(
+        tmp_path,
+        """
+        import fcntl, pty, termios
+        from pycontain import _privileges
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        assert _privileges.has_controlling_terminal()
+        print(inside("print(json.dumps([os.getsid(0), "
+                     "attempt(lambda: os.open('/dev/tty', os.O_RDWR) and 'ok')]))"))
+        """,
+    )
+    assert json.loads(out) == [1, "ENXIO"]
 
 
 def _install_setuid_python() -> None:

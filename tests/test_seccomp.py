@@ -6,6 +6,7 @@ import errno
 import os
 import platform
 import re
+import struct
 import textwrap
 
 import pytest
@@ -90,6 +91,68 @@ def test_filters_are_whole_instructions_and_built_once():
     assert _seccomp.default_filter() is _seccomp.default_filter()
     with pytest.raises(ValueError, match="no default seccomp filter for mips"):
         _seccomp.filter_for("mips")
+
+
+def run_filter(program: bytes, arch: int, nr: int, args: tuple[int, ...] = ()) -> int:
+    """A classic BPF interpreter for the instructions the filter uses."""
+    data = (
+        struct.pack("<iI", nr, arch)
+        + bytes(8)
+        + b"".join(struct.pack("<Q", value) for value in (*args, 0, 0, 0, 0, 0, 0)[:6])
+    )
+    code = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
+    pc, accumulator = 0, 0
+    while True:
+        op, jt, jf, k = code[pc]
+        pc += 1
+        if op == 0x20:
+            accumulator = struct.unpack_from("<I", data, k)[0]
+        elif op == 0x05:
+            pc += k
+        elif op in (0x15, 0x35, 0x45):
+            taken = {0x15: accumulator == k, 0x35: accumulator >= k, 0x45: accumulator & k}[op]
+            pc += jt if taken else jf
+        elif op == 0x06:
+            return k
+        else:
+            raise AssertionError(f"unexpected opcode {op:#x}")
+
+
+ALLOW, EPERM, ENOSYS = 0x7FFF0000, 0x50000 | errno.EPERM, 0x50000 | errno.ENOSYS
+ABIS = {
+    "x86_64": [(0xC000003E, 0), (0x40000003, 1)],
+    "aarch64": [(0xC00000B7, 2)],
+}
+
+
+def denying_args(rule: _seccomp.Rule) -> tuple[int, ...]:
+    """Arguments with which ``rule`` denies its call."""
+    if rule.arg is None:
+        return ()
+    value = rule.any_bit & -rule.any_bit or (rule.equals[0] if rule.equals else 0x40000)
+    return (0,) * rule.arg + (value,)
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_the_filter_denies_each_rule_and_allows_the_rest(machine):
+    program = _seccomp.filter_for(machine)
+    for arch, column in ABIS[machine]:
+        numbers = set()
+        for rule in _seccomp.DENIED:
+            number = _seccomp.SYSCALLS[rule.name][column]
+            if number is None:
+                continue
+            numbers.add(number)
+            verdict = EPERM if rule.errno == errno.EPERM else ENOSYS
+            assert run_filter(program, arch, number, denying_args(rule)) == verdict, rule.name
+            if rule.arg is not None:
+                allowed = (0,) * rule.arg + ((rule.unless or (0x400,))[0],)
+                assert run_filter(program, arch, number, allowed) == ALLOW, rule.name
+        for number in set(range(600)) - numbers:
+            assert run_filter(program, arch, number) == ALLOW, number
+    if machine == "x86_64":
+        assert run_filter(program, 0xC000003E, 0x40000000 | 39) == ENOSYS  # x32
+    assert run_filter(program, 0x40000028, 20) == ENOSYS  # 32-bit ARM: unknown here
 
 
 # -- what the program sees ----------------------------------------------------
