@@ -204,6 +204,13 @@ def check(
                 f"(struct sock_filter), not {len(program)} bytes"
             )
         checked.seccomp = program
+        if privileged and uid > 0:
+            # Loading a filter takes no_new_privs or CAP_SYS_ADMIN, and a
+            # non-root uid has neither here.
+            raise ValueError(
+                "a seccomp filter for a non-root uid needs no_new_privs, which "
+                "privileged=True leaves off"
+            )
     else:
         raise TypeError(
             f"seccomp must be 'default', None or bytes of a BPF program, not {seccomp!r}"

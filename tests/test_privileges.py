@@ -184,6 +184,11 @@ def test_callbacks_run_with_every_capability_and_the_program_without(rootfs):
         ({"seccomp": b""}, ValueError, "1 to 4096 instructions"),
         ({"seccomp": bytes(8 * 4097)}, ValueError, "1 to 4096 instructions"),
         ({"network": "pasta"}, ValueError, "network must be one of 'none', 'host'"),
+        (
+            {"privileged": True, "uid": 1000, "seccomp": _seccomp.default_filter()},
+            ValueError,
+            "needs no_new_privs",
+        ),
         ({"network": None}, ValueError, "network must be one of"),
     ],
 )
