@@ -106,6 +106,20 @@ def last_capability() -> int:
         return _NUMBERS["CAP_CHECKPOINT_RESTORE"]
 
 
+@cache
+def caller_capabilities() -> int:
+    """This process's permitted capabilities (read once: a container gets
+    at most these; if they shrink later, the child's capset says so)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapPrm:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return (1 << (last_capability() + 1)) - 1
+
+
 def capability_number(name: object) -> int:
     if not isinstance(name, str):
         raise TypeError(
@@ -188,8 +202,17 @@ def check(
         raise ValueError("privileged=True keeps every capability; do not pass capabilities=")
     if capabilities is not None:
         checked.capabilities = capability_mask(capabilities)
+        missing = checked.capabilities & ~caller_capabilities()
+        if missing:
+            names = [name for number, name in enumerate(CAPABILITIES) if missing >> number & 1]
+            raise ValueError(
+                f"capabilities {', '.join(names)} are not in this process's permitted set, "
+                "so a container cannot get them"
+            )
     elif uid <= 0:
-        checked.capabilities = capability_mask(DEFAULT_CAPABILITIES)
+        # What of the default set this process has (a caller that is itself
+        # confined may lack some): capset cannot grant more.
+        checked.capabilities = capability_mask(DEFAULT_CAPABILITIES) & caller_capabilities()
     # else: a non-root program gets no capabilities unless asked for.
     if seccomp == "default":
         # privileged=True turns the default filter off; an own one still loads.

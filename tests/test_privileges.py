@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from helpers import BB_ENV, TIMEOUT
@@ -245,3 +249,45 @@ def test_container_fields_compare_normalised_and_pickle(rootfs):
         a.run(["/bin/cat", "/proc/self/status"], env=BB_ENV, capture_output=True, text=True).stdout
     )
     assert status["CapEff"] == mask("CAP_NET_RAW", "CAP_CHOWN")
+
+
+def test_a_caller_without_some_capabilities(rootfs, tmp_path):
+    # A caller that is itself confined (here a subprocess that gave up
+    # CAP_SETFCAP): the default set is what it has of it; asking for more
+    # is refused up front.
+    script = tmp_path / "confined.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import ctypes, json
+            import pycontain
+            from pycontain import _privileges
+            libc = ctypes.CDLL(None, use_errno=True)
+            header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+            data = (ctypes.c_uint32 * 6)()
+            assert libc.capget(header, data) == 0
+            # CAP_SETFCAP is 31: bit 31 of the low words of effective
+            # (data[0]) and permitted (data[1]).
+            data[0] &= ~(1 << 31)
+            data[1] &= ~(1 << 31)
+            assert libc.capset(header, data) == 0, ctypes.get_errno()
+            with pycontain.Process(["/bin/cat", "/proc/self/status"], layers=[{rootfs!r}],
+                                   env={{"PATH": "/bin"}}, stdout=pycontain.PIPE, text=True) as p:
+                out, _ = p.communicate()
+            effective = [line.split()[1] for line in out.splitlines() if line.startswith("CapEff")]
+            try:
+                pycontain.Process(["/bin/true"], layers=[{rootfs!r}], capabilities=["setfcap"])
+                refused = ""
+            except ValueError as error:
+                refused = str(error)
+            print(json.dumps([int(effective[0], 16), refused]))
+            """
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert out.returncode == 0, out.stderr
+    effective, refused = json.loads(out.stdout)
+    assert effective == DEFAULT & ~mask("CAP_SETFCAP")
+    assert "CAP_SETFCAP are not in this process's permitted set" in refused
