@@ -5,7 +5,7 @@
  *
  * The steps, in the order child.c runs them, and why that order:
  *
- *   process group     first thing: a process in a new PID namespace still
+ *   process group     early (before any hook): a process in a new PID namespace still
  *                     belongs to its parent's process group and session, so
  *                     kill(0, sig) from inside would reach the caller's
  *                     group; and when the caller has a controlling terminal,
