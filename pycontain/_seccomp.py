@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-__all__ = ["DENIED", "default_filter", "filter_for"]
+__all__ = ["DENIED", "default_filter", "filter_for", "seccomp_filter"]
 
 # The syscall numbers of each denied call: (x86_64, i386, aarch64); None
 # where the architecture has no such call. Checked against the kernel
@@ -375,3 +375,28 @@ def filter_for(machine: str, rules: Iterable[Rule] = DENIED) -> bytes:
 def default_filter() -> bytes:
     """The default filter for this machine, built once per process."""
     return filter_for(platform.machine())
+
+
+def seccomp_filter(*, allow: Iterable[str] = ()) -> bytes:
+    """The default filter, but allowing the system calls ``allow`` names.
+
+    For ``seccomp=``: e.g. ``seccomp_filter(allow=["ptrace",
+    "process_vm_readv"])`` for gdb or strace inside. Returns the BPF
+    program as ``bytes`` (build it once and reuse it). A name the default
+    does not deny is a ``ValueError``.
+    """
+    if isinstance(allow, (str, bytes)):
+        raise TypeError("allow must be a collection of system call names, not a single string")
+    allowed = set()
+    for name in allow:
+        if not isinstance(name, str):
+            raise TypeError(f"allow items must be names (str), not {type(name).__name__}")
+        allowed.add(name)
+    denied = {rule.name for rule in DENIED}
+    unknown = sorted(allowed - denied)
+    if unknown:
+        raise ValueError(
+            f"the default filter does not deny {', '.join(unknown)}; it denies "
+            f"{', '.join(sorted(denied))}"
+        )
+    return filter_for(platform.machine(), [rule for rule in DENIED if rule.name not in allowed])

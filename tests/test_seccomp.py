@@ -299,3 +299,28 @@ def test_the_fork_path_loads_the_filter_too(rootfs):
     ) as p:
         out, _ = p.communicate(timeout=TIMEOUT)
     assert out.split() == ["Seccomp:", "2"]
+
+
+@needs_x86_64
+def test_the_default_filter_with_calls_allowed(host_root):
+    # gdb or strace inside: the default, with ptrace allowed again.
+    debuggable = pycontain.seccomp_filter(allow=["ptrace"])
+    code = """
+    print(syscall(101, 0, 0, None, None))   # ptrace(PTRACE_TRACEME)
+    print(syscall(250, 0, ctypes.c_long(-3), 0))  # keyctl
+    """
+    assert inside(code, seccomp=debuggable) == ["ok", "EPERM"]
+    assert inside(code) == ["EPERM", "EPERM"]
+
+
+@pytest.mark.parametrize(
+    "allow, error, message",
+    [
+        (["read"], ValueError, "does not deny read"),
+        ("ptrace", TypeError, "not a single string"),
+        ([101], TypeError, "must be names"),
+    ],
+)
+def test_seccomp_filter_checks_its_names(allow, error, message):
+    with pytest.raises(error, match=message):
+        pycontain.seccomp_filter(allow=allow)
