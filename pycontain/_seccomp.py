@@ -141,7 +141,7 @@ DENIED: tuple[Rule, ...] = (
     *_rules("userfaultfd", "a common tool to widen race windows in kernel exploits"),
     *_rules(
         "ptrace process_vm_readv process_vm_writev kcmp pidfd_getfd",
-        "debugging other processes (pass seccomp=None to run gdb or strace inside)",
+        "debugging other processes (gdb, strace: seccomp_filter(allow=['ptrace']))",
     ),
     *_rules(
         "mount umount umount2 pivot_root open_tree move_mount fsopen fsconfig fsmount "
