@@ -57,7 +57,7 @@ class Process:
     ``capabilities`` (names such as ``"CAP_NET_RAW"`` or ``"net_raw"``;
     default :data:`pycontain.DEFAULT_CAPABILITIES` for root, none for a
     non-root ``uid``), runs with ``no_new_privs``, its own session keyring
-    and session, and behind ``seccomp`` (``"default"``: the filter of
+    and process group, and behind ``seccomp`` (``"default"``: the filter of
     docs/seccomp.md; ``None``: none; or bytes of a BPF program of your own).
     ``privileged=True`` keeps every capability, sets no ``no_new_privs`` and
     loads no default filter. ``network="none"`` (default) gives the program a
