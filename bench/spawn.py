@@ -45,6 +45,10 @@ Candidates, each timed as the wall time of spawn + wait of busybox ``true``:
    a cgroup that only counts (memory and cpuacct on v1). Compare with the
    default row: without ``limits=`` no cgroup is made. Shown when
    pycontain has ``limits=`` and the machine has cgroups.
+8. ``pycontain, unconfined``: ``privileged=True, seccomp=None``: no
+   capability dropping, no ``no_new_privs``, no seccomp filter, so the
+   difference to the default is what that confinement costs per spawn
+   (docs/security.md). Shown when pycontain has these settings.
 
 Phases:
 
@@ -337,6 +341,8 @@ def extra_pycontain_options(
         limits = {"memory": "256M", "pids": 64, "cpu": 1.0}
         variants.append(("pycontain, limits=", {"limits": limits}))
         variants.append(("pycontain, limits={}", {"limits": {}}))
+    if "privileged" in parameters:
+        variants.append(("pycontain, unconfined", {"privileged": True, "seccomp": None}))
     return variants, ""
 
 

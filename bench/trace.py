@@ -31,14 +31,18 @@ import pycontain
 from pycontain import _cgroup, _core, _spawn
 
 # (label, stamp at the start, stamp at the end); "t0", "returned" and
-# "reaped" are taken in Python, the rest by the C core.
-STRETCHES = [
+# "reaped" are taken in Python, the rest by the C core. A start given as a
+# tuple is the last of those stamps the run has (a step that did not run
+# leaves none).
+STRETCHES: list[tuple[str, str | tuple[str, ...], str]] = [
     ("cgroup: create (limits=)", "t0", "cgroup"),
     ("Python checks + C preparation", "cgroup", "prepare"),
     ("clone until the child runs", "prepare", "none"),
     ("join cgroup", "none", "join-cgroup"),
     ("reset signals", "join-cgroup", "reset-signals"),
-    ("make-private", "reset-signals", "make-private"),
+    ("process group", "reset-signals", "process-group"),
+    ("lo up (no pooled netns)", "process-group", "loopback"),
+    ("make-private", ("process-group", "loopback"), "make-private"),
     ("open layers", "make-private", "open-layer"),
     ("scratch tmpfs + overlay", "open-layer", "mount-overlay"),
     ("/proc, read-only and masked parts", "mount-overlay", "mount-proc"),
@@ -46,8 +50,12 @@ STRETCHES = [
     ("/dev", "mount-sys", "mount-dev"),
     ("binds, tmpfs", "mount-dev", "mount-tmpfs"),
     ("pivot_root + detach old root", "mount-tmpfs", "pivot-root"),
-    ("chdir, stdio, ids, fds", "pivot-root", "close-fds"),
-    ("until execve", "close-fds", "exec"),
+    ("chdir, stdio", "pivot-root", "pre_exec"),
+    ("session keyring", "pre_exec", "session-keyring"),
+    ("capabilities, ids", "session-keyring", "capabilities"),
+    ("close fds", "capabilities", "close-fds"),
+    ("no_new_privs + seccomp", "close-fds", "seccomp"),
+    ("until execve", "seccomp", "exec"),
     ("exec until the parent resumes", "exec", "clone"),
     ("back to Python", "clone", "returned"),
     ("program runs, exits, is reaped", "returned", "reaped"),
@@ -65,13 +73,18 @@ def build_rootfs(base: Path) -> Path:
     return base
 
 
-def spawn_traced(root: Path, limits: _cgroup.Limits | None) -> dict[str, int]:
+def spawn_traced(
+    root: Path, limits: _cgroup.Limits | None, *, unconfined: bool = False
+) -> dict[str, int]:
     names = _core.step_names()
     trace = array.array("Q", [0] * _core.STEP_COUNT)
     stamps = {"t0": time.monotonic_ns()}
     cgroup = None if limits is None else _cgroup.create(limits)
     stamps["cgroup"] = time.monotonic_ns()
-    container = pycontain.Container(layers=[root])
+    if unconfined:
+        container = pycontain.Container(layers=[root], privileged=True, seccomp=None)
+    else:
+        container = pycontain.Container(layers=[root])
     prepared = _spawn.prepare(
         container._plan, ["/bin/true"], executable=None, cwd=None, env={"PATH": "/bin"}
     )
@@ -104,6 +117,11 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=400)
     parser.add_argument("--limits", type=json.loads, default=None, help="limits= as JSON")
+    parser.add_argument(
+        "--unconfined",
+        action="store_true",
+        help="privileged=True, seccomp=None: no capability dropping, no_new_privs or filter",
+    )
     args = parser.parse_args()
     limits = _cgroup.parse_limits(args.limits)
     if os.geteuid() != 0:
@@ -120,11 +138,17 @@ def main() -> int:
             start = time.perf_counter()
             subprocess.run([root / "bin" / "true"], check=True)
             plain.append(time.perf_counter() - start)
-            runs.append(spawn_traced(root, limits))
+            runs.append(spawn_traced(root, limits, unconfined=args.unconfined))
     runs, plain = runs[20:], plain[20:]  # warm-up
-    for label, begin, end in STRETCHES:
-        values = [(run[end] - run[begin]) / 1000 for run in runs if begin in run and end in run]
-        print(f"{label:32s} {statistics.median(values):8.1f} us")
+    for label, begins, end in STRETCHES:
+        values = []
+        for run in runs:
+            candidates = (begins,) if isinstance(begins, str) else begins
+            present = [name for name in candidates if name in run]
+            if present and end in run:
+                values.append((run[end] - run[present[-1]]) / 1000)
+        if values:
+            print(f"{label:32s} {statistics.median(values):8.1f} us")
     total = statistics.median([(run["reaped"] - run["t0"]) / 1000 for run in runs])
     plain_us = statistics.median(plain) * 1e6
     print(f"{'total':32s} {total:8.1f} us   (subprocess.run: {plain_us:.1f} us)")

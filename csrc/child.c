@@ -126,8 +126,15 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
     /* First, so that all the container does, its own set-up too, is limited and counted. */
     STEP(PC_STEP_JOIN_CGROUP, pc_cgroup_join(args, err));
     STEP(PC_STEP_SIGNALS, reset_signal_handlers(args, err));
+    /* Out of the caller's process group (kill(0, ...) from inside), and
+     * session when the caller has a terminal (privileges.c). */
+    STEP(PC_STEP_PROCESS_GROUP, pc_privileges_leave_process_group(request, err));
     if (args->netns_fd >= 0 && setns(args->netns_fd, CLONE_NEWNET) < 0)
         return pc_fail(err, PC_STEP_JOIN_NETNS, errno, NULL);
+    /* A namespace from the pool has lo up already; one clone or unshare
+     * just made has it down. */
+    if (args->netns_fd < 0 && (request->namespaces & CLONE_NEWNET))
+        STEP(PC_STEP_LOOPBACK, pc_network_loopback_up(err));
     STEP(PC_STEP_MAKE_PRIVATE, pc_rootfs_make_private(err));
     STEP(PC_STEP_OPEN_LAYER, pc_rootfs_open_layers(request, err));
     /* Before the scratch tmpfs can hide a source under the scratch dir. */
@@ -148,10 +155,24 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
         return pc_fail(err, PC_STEP_CHDIR, errno, request->cwd);
     STEP(PC_STEP_STDIO, pc_fds_setup_stdio(request, err));
     STEP(PC_STEP_PRE_EXEC, run_hook(args, PC_HOOK_PRE_EXEC, err));
+    /* From here on nothing runs caller code: hooks keep the caller's keys
+     * and every capability. The order of these is explained in
+     * privileges.c. */
+    STEP(PC_STEP_SESSION_KEYRING, pc_privileges_join_session_keyring(err));
+    /* Needs CAP_SETPCAP, which a setresuid to non-root takes away. */
+    STEP(PC_STEP_CAPABILITIES, pc_privileges_limit_bounding_set(request, err));
+    /* Needs CAP_SYS_ADMIN (hostname), CAP_SYS_RESOURCE, CAP_SETGID, CAP_SETUID. */
     STEP(PC_STEP_SETUID, pc_identity_apply(request, err));
+    /* After setresuid, which clears the sets of a non-root uid. */
+    STEP(PC_STEP_CAPABILITIES, pc_privileges_set_capabilities(request, err));
     STEP(PC_STEP_CLOSE_FDS, pc_fds_close_others(request, err));
     umask(request->umask >= 0 ? (mode_t)request->umask : caller_umask);
     sigprocmask(SIG_SETMASK, &args->parent_mask, NULL);
+    /* No execve may gain privileges (setuid bits, file capabilities). */
+    STEP(PC_STEP_NO_NEW_PRIVS, pc_privileges_no_new_privs(request, err));
+    /* Last: from here on every system call passes the filter (a caller's
+     * own filter need not allow umask or sigprocmask). */
+    STEP(PC_STEP_SECCOMP, pc_privileges_load_seccomp(request, err));
     pc_trace(request, PC_STEP_EXEC);
     return exec_program(request, err);
 }

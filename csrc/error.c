@@ -39,6 +39,12 @@ static const char *const step_names[PC_STEP_COUNT] = {
     [PC_STEP_PRE_EXEC] = "pre_exec",
     [PC_STEP_TIMEOUT] = "timeout",
     [PC_STEP_UNSHARE] = "unshare",
+    [PC_STEP_PROCESS_GROUP] = "process-group",
+    [PC_STEP_LOOPBACK] = "loopback",
+    [PC_STEP_SESSION_KEYRING] = "session-keyring",
+    [PC_STEP_CAPABILITIES] = "capabilities",
+    [PC_STEP_NO_NEW_PRIVS] = "no-new-privs",
+    [PC_STEP_SECCOMP] = "seccomp",
 };
 
 int pc_fail(struct pc_error *err, enum pc_step step, int errnum, const char *detail)

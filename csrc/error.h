@@ -55,6 +55,13 @@ enum pc_step {
     PC_STEP_PRE_EXEC,
     PC_STEP_TIMEOUT, /* the spawn took longer than its timeout */
     PC_STEP_UNSHARE, /* the fork path's helper entering the namespaces */
+    /* child side: network and privileges (network.c, privileges.c) */
+    PC_STEP_PROCESS_GROUP,   /* setpgid, or setsid */
+    PC_STEP_LOOPBACK,        /* bringing lo up in a new network namespace */
+    PC_STEP_SESSION_KEYRING, /* joining a new session keyring */
+    PC_STEP_CAPABILITIES,    /* bounding, permitted, effective, ambient sets */
+    PC_STEP_NO_NEW_PRIVS,
+    PC_STEP_SECCOMP,
     PC_STEP_COUNT
 };
 

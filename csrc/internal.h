@@ -16,6 +16,9 @@
  *   fds.c      child side: standard streams, pass_fds, closing the rest
  *   identity.c child side: hostname, rlimits, groups, gid, uid
  *   cgroup.c   child side: joining the container's cgroup
+ *   privileges.c child side: session, keyring, capabilities, no_new_privs,
+ *              seccomp
+ *   network.c  the loopback device of a new network namespace
  *   overlay.c  parent side: the overlayfs mount options
  *   error.c    error records (convention in error.h)
  */
@@ -132,6 +135,17 @@ struct pc_root {
     int masked_file_fd; /* bind of the scratch tmpfs, bound over masked paths */
     int force_walk;     /* request->force_resolve_walk */
 };
+/* privileges.c (child side, async-signal-safe; the order is in its header) */
+int pc_privileges_leave_process_group(const struct pc_spawn_request *request, struct pc_error *err);
+int pc_privileges_join_session_keyring(struct pc_error *err);
+int pc_privileges_limit_bounding_set(const struct pc_spawn_request *request, struct pc_error *err);
+int pc_privileges_set_capabilities(const struct pc_spawn_request *request, struct pc_error *err);
+int pc_privileges_no_new_privs(const struct pc_spawn_request *request, struct pc_error *err);
+int pc_privileges_load_seccomp(const struct pc_spawn_request *request, struct pc_error *err);
+
+/* network.c (async-signal-safe): bring up lo in this thread's network
+ * namespace. */
+int pc_network_loopback_up(struct pc_error *err);
 
 /* rootfs.c (child side, async-signal-safe) */
 int pc_rootfs_make_private(struct pc_error *err);

@@ -5,8 +5,8 @@
  *    Creating one is the most expensive part of a spawn (see
  *    docs/spawn.md). A spawn takes one, the child joins it with setns, and
  *    it is never used again: the container gets exactly what CLONE_NEWNET
- *    would have given it (a new namespace with only a loopback device,
- *    down), made a little earlier.
+ *    and the child's own loopback step would have given it (a new
+ *    namespace with only a loopback device, up), made a little earlier.
  * 2. Releasing mount namespaces. A container's mounts are torn down when
  *    the last reference to its mount namespace goes, which is otherwise its
  *    PID 1's exit, before the parent learns of it: the caller's wait() would
@@ -114,13 +114,15 @@ static int refill_pool(void)
     for (int i = 0; i < size && i < POOL_SLOTS; i++) {
         uint64_t expected = EMPTY;
         struct stat namespace;
+        struct pc_error unused;
         int fd;
 
         if (atomic_load(&pool[i]) != EMPTY)
             continue;
         /* Moves this thread (only) into a new namespace, which the fd then
-         * keeps alive after the next unshare moves it on. */
-        if (unshare(CLONE_NEWNET) < 0 ||
+         * keeps alive after the next unshare moves it on. Its lo is brought
+         * up here, off the spawn's critical path. */
+        if (unshare(CLONE_NEWNET) < 0 || pc_network_loopback_up(&unused) < 0 ||
             (fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)) < 0 ||
             fstat(fd, &namespace) < 0) {
             atomic_store(&worker_errno, errno);

@@ -137,6 +137,25 @@ struct pc_spawn_request {
     long long uid;
     int umask;
 
+    /* Privileges (privileges.c). Unless `privileged`, every capability
+     * not in `capabilities` (bit N: capability N) is dropped from the
+     * bounding set, the program runs with exactly `capabilities` (in its
+     * ambient set when `uid` is a non-root uid), and no_new_privs is set.
+     * `last_capability` is the kernel's (/proc/sys/kernel/cap_last_cap).
+     * With `privileged`, capabilities and no_new_privs are left alone. */
+    int privileged;
+    unsigned long long capabilities;
+    int last_capability;
+
+    /* The program gets a process group of its own, and with new_session
+     * (for a caller with a controlling terminal) a session of its own. */
+    int new_session;
+
+    /* A seccomp BPF program (an array of struct sock_filter) loaded as the
+     * last step before exec, or NULL for none. */
+    const void *seccomp_filter;
+    size_t seccomp_length; /* instructions */
+
     /* Take the new network namespace from the pool (nsworker.c) when it
      * has one ready; 0: always make it during clone. */
     int use_netns_pool;

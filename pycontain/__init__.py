@@ -14,10 +14,14 @@ from ._container import Container
 from ._errors import CallbackError, SpawnError, TimeoutExpired
 from ._io import DEVNULL, PIPE, STDOUT
 from ._netns import netns_pool_status, set_netns_pool
+from ._privileges import CAPABILITIES, DEFAULT_CAPABILITIES
 from ._process import Process
 from ._run import CompletedProcess, run
+from ._seccomp import seccomp_filter
 
 __all__ = [
+    "CAPABILITIES",
+    "DEFAULT_CAPABILITIES",
     "DEVNULL",
     "PIPE",
     "STDOUT",
@@ -32,6 +36,7 @@ __all__ = [
     "create_subprocess_exec",
     "netns_pool_status",
     "run",
+    "seccomp_filter",
     "set_netns_pool",
 ]
 __version__ = "0.1.0"

@@ -23,8 +23,9 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-from . import _callbacks, _cgroup, _mounts, _spawn
+from . import _callbacks, _cgroup, _mounts, _privileges, _spawn
 from ._io import Stream
+from ._privileges import Network, Seccomp
 from ._spawn import Env, StrOrBytesPath
 
 if TYPE_CHECKING:
@@ -57,6 +58,10 @@ class ContainerSettings(TypedDict, total=False):
     gid: int | None
     uid: int | None
     umask: int | None
+    capabilities: Iterable[str] | None
+    privileged: bool
+    seccomp: Seccomp
+    network: Network
     pre_pivot: _callbacks.Callback | None
     netns_pool: bool
     limits: ResourceLimits | None
@@ -183,6 +188,15 @@ class Container:
     (``/dev/shm``) bound pycontain's own tmpfs mounts, in bytes (defaults:
     1 GiB or a quarter of the RAM if less, and 64 MiB).
 
+    What the program may do beyond its namespaces (docs/security.md): it
+    keeps only ``capabilities`` (names, ``"CAP_NET_RAW"`` or ``"net_raw"``;
+    default :data:`pycontain.DEFAULT_CAPABILITIES` for root, none for a
+    non-root ``uid``), runs with ``no_new_privs`` and behind ``seccomp``
+    (``"default"``: docs/seccomp.md; ``None``; or bytes of a BPF program).
+    ``privileged=True`` keeps every capability, sets no ``no_new_privs`` and
+    loads no default filter. ``network="none"``: a network namespace of its
+    own with ``lo`` up; ``"host"``: the host's (no network isolation).
+
     A Container is an immutable value: checked when made (bad values raise
     here, as a spawn would), comparable, hashable, picklable (when its
     callbacks are), and changed only by :meth:`replace`, which returns a new
@@ -200,6 +214,10 @@ class Container:
     gid: int | None = None
     uid: int | None = None
     umask: int | None = None
+    capabilities: Iterable[str] | None = None
+    privileged: bool = False
+    seccomp: Seccomp = "default"
+    network: Network = "none"
     pre_pivot: _callbacks.Callback | None = None
     netns_pool: bool = True
     limits: ResourceLimits | None = None
@@ -228,6 +246,10 @@ class Container:
             gid=self.gid,
             uid=self.uid,
             umask=self.umask,
+            capabilities=self.capabilities,
+            privileged=self.privileged,
+            seccomp=self.seccomp,
+            network=self.network,
         )
         _callbacks.require_callable("pre_pivot", self.pre_pivot)
         limits = _cgroup.parse_limits(self.limits)
@@ -253,6 +275,10 @@ class Container:
         if self.rlimits is not None:
             set_field(self, "rlimits", _FrozenMapping(self.rlimits))
         set_field(self, "groups", groups)
+        if self.capabilities is not None:
+            set_field(self, "capabilities", _privileges.canonical_names(self.capabilities))
+        if isinstance(self.seccomp, (bytearray, memoryview)):
+            set_field(self, "seccomp", bytes(self.seccomp))
         set_field(self, "netns_pool", bool(self.netns_pool))
         if self.limits is not None:
             set_field(self, "limits", _FrozenMapping(self.limits))

@@ -7,6 +7,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <linux/capability.h>
 #include <unistd.h>
 #include <sched.h>
 #include <string.h>
@@ -269,7 +270,9 @@ PyDoc_STRVAR(spawn_doc,
              "      trace=None, pre_pivot=None, pre_exec=None, format_exception=None,\n"
              "      timeout_ms=-1, use_netns_pool=True, cgroup_fd=-1, cgroup_procs_fds=[],\n"
              "      scratch_size=0, dev_size=0, dev_inodes=0, shm_size=0, binds=None,\n"
-             "      tmpfs=None, force_resolve_walk=False) -> (pid, pidfd, mntns_fd)\n\n"
+             "      tmpfs=None, force_resolve_walk=False,\n"
+             "      privileged=False, capabilities=0, last_capability=CAP_LAST_CAP,\n"
+             "      seccomp=None, new_session=True) -> (pid, pidfd, mntns_fd)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
              "None or a list of gids. Raises StepError(step, errno, detail) on failure.\n"
@@ -281,6 +284,8 @@ PyDoc_STRVAR(spawn_doc,
              "cgroup.procs files the child writes \"0\" to otherwise.\n"
              "Sizes are bytes (0: the kernel's default); binds is a list of (source,\n"
              "source_fd, target, read_only), tmpfs of (target, size, mode).");
+             "capabilities: a mask of the capabilities the program keeps (bit N:\n"
+             "capability N); seccomp: None or bytes of struct sock_filter to load last.");
 
 static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -320,10 +325,18 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "binds",
                                "tmpfs",
                                "force_resolve_walk",
+                               "privileged",
+                               "capabilities",
+                               "last_capability",
+                               "seccomp",
+                               "new_session",
                                NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *rlimit_list;
     PyObject *group_list, *result = NULL, *trace = Py_None;
     PyObject *pre_pivot = Py_None, *pre_exec = Py_None, *format_exception = Py_None;
+    PyObject *seccomp = Py_None;
+    int privileged = 0, last_capability = CAP_LAST_CAP, new_session = 1;
+    unsigned long long capabilities = 0;
     struct python_hooks python_hooks = {0};
     struct pc_hooks hooks = {.run = run_python_hook, .context = &python_hooks};
     int timeout_ms = -1, use_netns_pool = 1, cgroup_fd = -1, force_resolve_walk = 0;
@@ -346,7 +359,8 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 
     (void)module;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&KKKKOOp", keywords, &argv_list,
+            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&KKKKOOppKiOp", keywords,
+            &argv_list,
             &envp_list, &exec_list, &cwd, &layer_path_list, convert_int_list, &layer_fds,
             convert_optional_bytes, &upper_path, &upper_fd, convert_optional_bytes, &work_path,
             &work_fd, &scratch_dir, &namespaces, convert_int_list, &stdio, convert_int_list,
@@ -354,7 +368,8 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
             &umask_value, &force_legacy_clone, &trace, &pre_pivot, &pre_exec, &format_exception,
             &timeout_ms, &use_netns_pool, &cgroup_fd, convert_int_list, &cgroup_procs_fds,
             &scratch_size, &dev_size, &dev_inodes, &shm_size, &bind_list, &tmpfs_list,
-            &force_resolve_walk))
+            &force_resolve_walk, &privileged, &capabilities, &last_capability, &seccomp,
+            &new_session))
         return NULL;
     if (cwd != Py_None && !PyBytes_Check(cwd)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -376,6 +391,25 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     if ((upper_fd >= 0) != (upper_path != NULL) || (work_fd >= 0) != (upper_fd >= 0) ||
         (work_fd >= 0) != (work_path != NULL)) {
         PyErr_SetString(PyExc_ValueError, "upper and work need a path and an fd each, or neither");
+        goto done;
+    }
+    if (seccomp != Py_None) {
+        /* struct sock_filter is 8 bytes; the kernel takes 1 to BPF_MAXINSNS
+         * (4096) instructions. */
+        if (!PyBytes_Check(seccomp)) {
+            PyErr_SetString(PyExc_TypeError, "seccomp must be bytes or None");
+            goto done;
+        }
+        if (PyBytes_GET_SIZE(seccomp) == 0 || PyBytes_GET_SIZE(seccomp) % 8 != 0 ||
+            PyBytes_GET_SIZE(seccomp) / 8 > 4096) {
+            PyErr_SetString(PyExc_ValueError, "seccomp must hold 1 to 4096 8-byte instructions");
+            goto done;
+        }
+        request.seccomp_filter = PyBytes_AS_STRING(seccomp);
+        request.seccomp_length = (size_t)PyBytes_GET_SIZE(seccomp) / 8;
+    }
+    if (last_capability < 0 || last_capability > 63) {
+        PyErr_SetString(PyExc_ValueError, "last_capability must be from 0 to 63");
         goto done;
     }
     if (!PyList_Check(rlimit_list)) {
@@ -460,6 +494,10 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     request.dev_inodes = dev_inodes;
     request.shm_size = shm_size;
     request.force_resolve_walk = force_resolve_walk;
+    request.privileged = privileged;
+    request.capabilities = capabilities;
+    request.last_capability = last_capability;
+    request.new_session = new_session;
 
     if (pre_pivot != Py_None || pre_exec != Py_None) {
         if ((pre_pivot != Py_None && !PyCallable_Check(pre_pivot)) ||

@@ -51,6 +51,11 @@ def spawn(
     binds: list[tuple[bytes, int, bytes, bool]] | None = ...,
     tmpfs: list[tuple[bytes, int, int]] | None = ...,
     force_resolve_walk: bool = ...,
+    privileged: bool = ...,
+    capabilities: int = ...,
+    last_capability: int = ...,
+    seccomp: bytes | None = ...,
+    new_session: bool = ...,
 ) -> tuple[int, int, int]: ...
 def wait_pidfd(
     pidfd: int, options: int, /

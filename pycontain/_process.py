@@ -51,7 +51,18 @@ class Process:
     Streams (``stdin``, ``stdout``, ``stderr``, ``text``, ``encoding``,
     ``errors``, ``bufsize``, ``pass_fds``) are as for ``subprocess.Popen``.
     ``hostname``, ``rlimits``, ``groups``, ``gid``, ``uid`` and ``umask`` are
-    applied inside the container by the C core. ``pre_pivot``/``pre_exec``
+    applied inside the container by the C core.
+
+    Privileges (docs/security.md): the program keeps only
+    ``capabilities`` (names such as ``"CAP_NET_RAW"`` or ``"net_raw"``;
+    default :data:`pycontain.DEFAULT_CAPABILITIES` for root, none for a
+    non-root ``uid``), runs with ``no_new_privs``, its own session keyring
+    and process group, and behind ``seccomp`` (``"default"``: the filter of
+    docs/seccomp.md; ``None``: none; or bytes of a BPF program of your own).
+    ``privileged=True`` keeps every capability, sets no ``no_new_privs`` and
+    loads no default filter. ``network="none"`` (default) gives the program a
+    network namespace of its own with ``lo`` up; ``network="host"`` shares
+    this host's network (no network isolation). ``pre_pivot``/``pre_exec``
     are Python callbacks run during set-up (docs/callbacks.md); ``timeout``
     bounds the whole spawn. The new network namespace comes from a pool made
     ahead of time (:func:`pycontain.set_netns_pool`) when it has one ready;

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from . import _core, _mounts
+from . import _core, _mounts, _privileges
 from ._cgroup import Cgroup, Limits
 from ._errors import SpawnError, TimeoutExpired, callback_error, spawn_error
 
@@ -153,6 +153,7 @@ class Settings:
     gid: int = -1
     uid: int = -1
     umask: int = -1
+    privileges: _privileges.Privileges = field(default_factory=_privileges.Privileges)
 
 
 # rlimits={"nofile": (soft, hard)}: the names of resource.RLIMIT_* in lower case.
@@ -194,9 +195,20 @@ def settings(
     gid: int | None = None,
     uid: int | None = None,
     umask: int | None = None,
+    capabilities: Iterable[str] | None = None,
+    privileged: bool = False,
+    seccomp: _privileges.Seccomp = "default",
+    network: _privileges.Network = "none",
 ) -> Settings:
     """Check the declarative settings; raises ValueError/TypeError."""
     checked = Settings(gid=_id(gid, "gid"), uid=_id(uid, "uid"))
+    checked.privileges = _privileges.check(
+        capabilities=capabilities,
+        privileged=privileged,
+        seccomp=seccomp,
+        network=network,
+        uid=checked.uid,
+    )
     if hostname is not None:
         name = to_bytes(hostname, "hostname")
         if not name or len(name) > _HOST_NAME_MAX:
@@ -544,7 +556,7 @@ def spawn(
             work_path=prepared.work_path,
             work_fd=prepared.work_fd,
             scratch_dir=scratch_dir(),
-            namespaces=_core.DEFAULT_NAMESPACES,
+            namespaces=settings.privileges.namespaces,
             stdio=list(prepared.stdio),
             pass_fds=list(prepared.pass_fds),
             hostname=settings.hostname,
@@ -556,6 +568,11 @@ def spawn(
             force_legacy_clone=force_legacy_clone,
             timeout_ms=timeout_ms,
             use_netns_pool=plan.netns_pool,
+            privileged=settings.privileges.privileged,
+            capabilities=settings.privileges.capabilities,
+            last_capability=_privileges.last_capability(),
+            seccomp=settings.privileges.seccomp,
+            new_session=_privileges.has_controlling_terminal(),
             trace=trace,
             cgroup_fd=-1 if cgroup is None else cgroup.dir_fd,
             cgroup_procs_fds=[] if cgroup is None else cgroup.procs_fds,
@@ -615,6 +632,8 @@ def _translate(prepared: Prepared, step: str, err: int, detail: bytes) -> Except
         filename = os.fsdecode(b":".join(prepared.plan.layers))
     elif step in _MOUNT_STEPS and err in _MOUNT_POINT_ERRORS:
         strerror = _MOUNT_POINT_ERRORS[err]
+    elif step == "seccomp" and err == errno.EINVAL:
+        strerror = f"{os.strerror(err)} (the kernel refused the seccomp filter as a BPF program)"
     elif step == "clone" and err in (errno.EPERM, errno.EACCES):
         strerror = (
             f"{os.strerror(err)} (creating namespaces needs root with CAP_SYS_ADMIN; "

@@ -502,10 +502,10 @@ def test_non_utf8_program_and_cwd_paths(rootfs, tmp_path, capfdbinary):
     assert capfdbinary.readouterr().out == b"/\n/caf\xe9\n"
 
 
-def test_loopback_is_down(rootfs, capfd):
-    # README: "its network has only a loopback device (down)".
+def test_loopback_is_up(rootfs, capfd):
+    # README: "its network has only a loopback device (up)".
     assert sh("cat /sys/class/net/lo/flags /proc/net/dev", [rootfs]) == 0
     flags, *dev = capfd.readouterr().out.splitlines()
-    assert int(flags, 16) & 0x1 == 0  # IFF_UP clear
+    assert int(flags, 16) & 0x1 == 1  # IFF_UP set
     interfaces = [line.split(":")[0].strip() for line in dev[2:]]
     assert interfaces == ["lo"]
