@@ -283,7 +283,7 @@ PyDoc_STRVAR(spawn_doc,
              "cgroup_fd: a cgroup v2 directory to clone into; cgroup_procs_fds: the\n"
              "cgroup.procs files the child writes \"0\" to otherwise.\n"
              "Sizes are bytes (0: the kernel's default); binds is a list of (source,\n"
-             "source_fd, target, read_only), tmpfs of (target, size, mode).");
+             "source_fd, target, read_only), tmpfs of (target, size, mode).\n"
              "capabilities: a mask of the capabilities the program keeps (bit N:\n"
              "capability N); seccomp: None or bytes of struct sock_filter to load last.");
 
@@ -359,8 +359,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 
     (void)module;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&KKKKOOppKiOp", keywords,
-            &argv_list,
+            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&KKKKOOppKiOp", keywords, &argv_list,
             &envp_list, &exec_list, &cwd, &layer_path_list, convert_int_list, &layer_fds,
             convert_optional_bytes, &upper_path, &upper_fd, convert_optional_bytes, &work_path,
             &work_fd, &scratch_dir, &namespaces, convert_int_list, &stdio, convert_int_list,
