@@ -142,6 +142,8 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
     /* From here on, every path inside the container is opened beneath the
      * held root (rootfs.c, beneath.c). */
     STEP(PC_STEP_MOUNT_OVERLAY, pc_rootfs_mount_overlay(request, args->overlay, &root, err));
+    /* While the scratch tmpfs is reachable: pivot_root detaches it. */
+    STEP(PC_STEP_SHARE_UPPER, pc_upper_share(request, &root, err));
     STEP(PC_STEP_MOUNT_PROC, pc_rootfs_mount_proc(&root, err));
     STEP(PC_STEP_MOUNT_SYS, pc_rootfs_mount_sys(&root, err));
     STEP(PC_STEP_MOUNT_DEV, pc_rootfs_mount_dev(request, &root, err));

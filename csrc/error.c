@@ -16,6 +16,7 @@ static const char *const step_names[PC_STEP_COUNT] = {
     [PC_STEP_MOUNT_SCRATCH] = "mount-scratch",
     [PC_STEP_MKDIR] = "mkdir",
     [PC_STEP_MOUNT_OVERLAY] = "mount-overlay",
+    [PC_STEP_SHARE_UPPER] = "share-upper",
     [PC_STEP_MOUNT_PROC] = "mount-proc",
     [PC_STEP_MOUNT_SYS] = "mount-sys",
     [PC_STEP_MASK] = "mask",

@@ -31,6 +31,7 @@ enum pc_step {
     PC_STEP_MOUNT_SCRATCH,
     PC_STEP_MKDIR,
     PC_STEP_MOUNT_OVERLAY,
+    PC_STEP_SHARE_UPPER, /* sending the throwaway upper's fd to the parent */
     PC_STEP_MOUNT_PROC,
     PC_STEP_MOUNT_SYS,
     PC_STEP_MASK, /* masking or making read-only parts of /proc and /sys */

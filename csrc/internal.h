@@ -20,6 +20,7 @@
  *              seccomp
  *   network.c  the loopback device of a new network namespace
  *   overlay.c  parent side: the overlayfs mount options
+ *   upper.c    child side: the throwaway upper directory's fd, to the parent
  *   error.c    error records (convention in error.h)
  */
 #ifndef PYCONTAIN_INTERNAL_H
@@ -196,6 +197,11 @@ int pc_mount_beneath(int base, const char *path, enum pc_node kind, mode_t mode,
 int pc_kernelfs_prepare_masks(struct pc_root *root, struct pc_error *err);
 int pc_kernelfs_protect_proc(const struct pc_root *root, int proc_fd, struct pc_error *err);
 int pc_kernelfs_protect_sys(const struct pc_root *root, int sys_fd, struct pc_error *err);
+
+/* upper.c (child side, async-signal-safe): send an fd of the throwaway
+ * upper directory over request->upper_socket, when there is one. */
+int pc_upper_share(const struct pc_spawn_request *request, const struct pc_root *root,
+                   struct pc_error *err);
 
 /* binds.c (child side, async-signal-safe) */
 int pc_binds_open_sources(const struct pc_spawn_request *request, struct pc_error *err);

@@ -92,6 +92,11 @@ struct pc_spawn_request {
     int upper_fd;
     const char *work_path;
     int work_fd;
+    /* Without upper_fd: -1, or a socket (SOCK_DGRAM, AF_UNIX) over which the
+     * child sends an fd of the throwaway upper directory (upper.c), so that
+     * the caller can read what the program changed after pivot_root has
+     * made it unreachable by path. */
+    int upper_socket;
 
     /* Sizes of the tmpfs mounts pycontain makes, in bytes (0: the kernel's
      * default, half the RAM, each): the scratch tmpfs (the writable layer,

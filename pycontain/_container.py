@@ -64,6 +64,7 @@ class ContainerSettings(TypedDict, total=False):
     network: Network
     pre_pivot: _callbacks.Callback | None
     netns_pool: bool
+    keep_upper: bool
     limits: ResourceLimits | None
     binds: Binds | None
     tmpfs: Tmpfs | None
@@ -177,7 +178,10 @@ class Container:
     ``hostname``, ``rlimits``, ``groups``, ``gid``, ``uid`` and ``umask``
     are applied inside the container by the C core; ``pre_pivot`` is a
     Python callback that prepares the root before ``pivot_root``
-    (docs/callbacks.md); ``netns_pool=False`` makes each network namespace
+    (docs/callbacks.md); ``keep_upper=True`` keeps each program's throwaway
+    writable layer readable until its Process is closed, for
+    ``Process.changes()``, ``commit()`` and ``apply_to()`` (a ``writedir``
+    is always readable); ``netns_pool=False`` makes each network namespace
     during the spawn instead of taking one made ahead of time. ``limits``
     (``{"memory": "512M", "swap": 0, "pids": 64, "cpu": 1.5, "cpu_weight":
     100}``, any subset; ``{}`` only counts) gives each program's container a
@@ -220,6 +224,7 @@ class Container:
     network: Network = "none"
     pre_pivot: _callbacks.Callback | None = None
     netns_pool: bool = True
+    keep_upper: bool = False
     limits: ResourceLimits | None = None
     binds: Binds | None = None
     tmpfs: Tmpfs | None = None
@@ -264,6 +269,7 @@ class Container:
             workdir=self.workdir,
             settings=settings,
             netns_pool=bool(self.netns_pool),
+            keep_upper=bool(self.keep_upper),
             limits=limits,
             mounts=mounts,
         )
@@ -280,6 +286,7 @@ class Container:
         if isinstance(self.seccomp, (bytearray, memoryview)):
             set_field(self, "seccomp", bytes(self.seccomp))
         set_field(self, "netns_pool", bool(self.netns_pool))
+        set_field(self, "keep_upper", bool(self.keep_upper))
         if self.limits is not None:
             set_field(self, "limits", _FrozenMapping(self.limits))
         set_field(self, "binds", binds)

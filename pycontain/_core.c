@@ -272,7 +272,8 @@ PyDoc_STRVAR(spawn_doc,
              "      scratch_size=0, dev_size=0, dev_inodes=0, shm_size=0, binds=None,\n"
              "      tmpfs=None, force_resolve_walk=False,\n"
              "      privileged=False, capabilities=0, last_capability=CAP_LAST_CAP,\n"
-             "      seccomp=None, new_session=True) -> (pid, pidfd, mntns_fd)\n\n"
+             "      seccomp=None, new_session=True, upper_socket=-1)\n"
+             "      -> (pid, pidfd, mntns_fd)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
              "None or a list of gids. Raises StepError(step, errno, detail) on failure.\n"
@@ -285,7 +286,9 @@ PyDoc_STRVAR(spawn_doc,
              "Sizes are bytes (0: the kernel's default); binds is a list of (source,\n"
              "source_fd, target, read_only), tmpfs of (target, size, mode).\n"
              "capabilities: a mask of the capabilities the program keeps (bit N:\n"
-             "capability N); seccomp: None or bytes of struct sock_filter to load last.");
+             "capability N); seccomp: None or bytes of struct sock_filter to load last.\n"
+             "upper_socket: an AF_UNIX datagram socket the child sends an fd of the\n"
+             "throwaway upper directory over (csrc/upper.c), or -1.");
 
 static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -330,6 +333,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "last_capability",
                                "seccomp",
                                "new_session",
+                               "upper_socket",
                                NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *rlimit_list;
     PyObject *group_list, *result = NULL, *trace = Py_None;
@@ -340,6 +344,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     struct python_hooks python_hooks = {0};
     struct pc_hooks hooks = {.run = run_python_hook, .context = &python_hooks};
     int timeout_ms = -1, use_netns_pool = 1, cgroup_fd = -1, force_resolve_walk = 0;
+    int upper_socket = -1;
     unsigned long long scratch_size = 0, dev_size = 0, dev_inodes = 0, shm_size = 0;
     PyObject *bind_list = Py_None, *tmpfs_list = Py_None;
     struct pc_bind *binds = NULL;
@@ -359,16 +364,16 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 
     (void)module;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&KKKKOOppKiOp", keywords, &argv_list,
-            &envp_list, &exec_list, &cwd, &layer_path_list, convert_int_list, &layer_fds,
-            convert_optional_bytes, &upper_path, &upper_fd, convert_optional_bytes, &work_path,
-            &work_fd, &scratch_dir, &namespaces, convert_int_list, &stdio, convert_int_list,
-            &pass_fds, convert_optional_bytes, &hostname, &rlimit_list, &group_list, &gid, &uid,
-            &umask_value, &force_legacy_clone, &trace, &pre_pivot, &pre_exec, &format_exception,
-            &timeout_ms, &use_netns_pool, &cgroup_fd, convert_int_list, &cgroup_procs_fds,
-            &scratch_size, &dev_size, &dev_inodes, &shm_size, &bind_list, &tmpfs_list,
-            &force_resolve_walk, &privileged, &capabilities, &last_capability, &seccomp,
-            &new_session))
+            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&KKKKOOppKiOpi", keywords,
+            &argv_list, &envp_list, &exec_list, &cwd, &layer_path_list, convert_int_list,
+            &layer_fds, convert_optional_bytes, &upper_path, &upper_fd, convert_optional_bytes,
+            &work_path, &work_fd, &scratch_dir, &namespaces, convert_int_list, &stdio,
+            convert_int_list, &pass_fds, convert_optional_bytes, &hostname, &rlimit_list,
+            &group_list, &gid, &uid, &umask_value, &force_legacy_clone, &trace, &pre_pivot,
+            &pre_exec, &format_exception, &timeout_ms, &use_netns_pool, &cgroup_fd,
+            convert_int_list, &cgroup_procs_fds, &scratch_size, &dev_size, &dev_inodes, &shm_size,
+            &bind_list, &tmpfs_list, &force_resolve_walk, &privileged, &capabilities,
+            &last_capability, &seccomp, &new_session, &upper_socket))
         return NULL;
     if (cwd != Py_None && !PyBytes_Check(cwd)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -493,6 +498,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     request.dev_inodes = dev_inodes;
     request.shm_size = shm_size;
     request.force_resolve_walk = force_resolve_walk;
+    request.upper_socket = upper_socket;
     request.privileged = privileged;
     request.capabilities = capabilities;
     request.last_capability = last_capability;

@@ -51,6 +51,7 @@ def spawn(
     binds: list[tuple[bytes, int, bytes, bool]] | None = ...,
     tmpfs: list[tuple[bytes, int, int]] | None = ...,
     force_resolve_walk: bool = ...,
+    upper_socket: int = ...,
     privileged: bool = ...,
     capabilities: int = ...,
     last_capability: int = ...,

@@ -88,6 +88,7 @@ class Process:
     _mntns_fd: int = -1
     _workdir: bytes | None = None
     _writedir_lock: int = -1
+    _kept_upper: int = -1  # the throwaway upper (keep_upper=True), until close()
     _cgroup: _cgroup.Cgroup | None = None
     # Accounting, set when the program has been reaped: its rusage (with the
     # processes it waited for), and from its cgroup (limits= only) the peak
@@ -211,6 +212,7 @@ class Process:
         streams.close_child_ends()
         self._workdir = prepared.created_workdir
         self._writedir_lock = prepared.writedir_lock
+        self._kept_upper, prepared.kept_upper = prepared.kept_upper, -1
         files = [
             None
             if fd < 0
@@ -427,7 +429,7 @@ class Process:
         ``added``/``modified``/``deleted``, kind, size), decoded from the
         writable layer against the layers (docs/changes.md); with
         ``format="docker"``, ``docker diff``'s lines (``A /path``, ``C``,
-        ``D``). Needs ``writedir=`` for now.
+        ``D``). Needs a ``writedir`` or ``Container(keep_upper=True)``.
         """
         if format not in (None, "docker"):
             raise ValueError(f"format must be None or 'docker', not {format!r}")
@@ -464,13 +466,23 @@ class Process:
 
     @contextlib.contextmanager
     def _upper(self) -> Iterator[int]:
+        """An fd of the writable layer, for the caller to use and close."""
         plan = self.container._plan
-        if plan.writedir_path is None:
+        with self._lock:
+            # A copy: close() may close the kept one meanwhile.
+            fd = os.dup(self._kept_upper) if self._kept_upper >= 0 else -1
+        if fd < 0 and plan.writedir_path is not None:
+            fd = os.open(plan.writedir_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if fd < 0 and plan.keep_upper:
             raise ValueError(
-                "pycontain: changes(), commit() and apply_to() need a container with "
-                "writedir=: the throwaway writable layer is not kept readable yet"
+                "pycontain: the throwaway writable layer is kept only until the Process is "
+                "closed, and this one has been"
             )
-        fd = os.open(plan.writedir_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if fd < 0:
+            raise ValueError(
+                "pycontain: changes(), commit() and apply_to() need Container(keep_upper=True) "
+                "(the throwaway writable layer, kept until close()) or a writedir="
+            )
         try:
             yield fd
         finally:
@@ -492,6 +504,13 @@ class Process:
                 except OSError:
                     pass  # unflushed input for a program that is gone
         self.wait()
+        self._release_upper()
+
+    def _release_upper(self) -> None:
+        with self._lock:
+            fd, self._kept_upper = self._kept_upper, -1
+        if fd >= 0:
+            os.close(fd)  # the throwaway writable layer's memory goes with it
 
     def _kill_if_running(self) -> bool:
         """SIGKILL the program unless it has ended; True if it was running."""
@@ -515,6 +534,9 @@ class Process:
         self.close()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
+        if self._kept_upper >= 0:
+            os.close(self._kept_upper)
+            self._kept_upper = -1
         if self._pidfd < 0:
             return
         if self._kill_if_running():

@@ -13,6 +13,7 @@ import math
 import os
 import resource
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -104,6 +105,7 @@ class ContainerPlan:
     workdir_path: bytes | None = None  # absolute
     settings: Settings = field(default_factory=lambda: Settings())
     netns_pool: bool = True
+    keep_upper: bool = False  # hand the throwaway upper's fd to the parent
     limits: Limits | None = None  # None: no cgroup
     mounts: _mounts.MountPlan = field(default_factory=_mounts.check)
 
@@ -124,6 +126,10 @@ class Prepared:
     created_workdir: bytes | None = None
     writedir_lock: int = -1  # an fd holding the writedir's flock
     bind_fds: list[int] = field(default_factory=list)  # one per plan.mounts.binds
+    # With plan.keep_upper and no writedir: the socket pair the child sends
+    # the upper's fd over (ours, the child's), and the fd received.
+    upper_sockets: tuple[socket.socket, socket.socket] | None = None
+    kept_upper: int = -1
     # fds for 0, 1, 2 (-1: inherit) and further fds to pass; not owned here.
     stdio: tuple[int, int, int] = (-1, -1, -1)
     pass_fds: tuple[int, ...] = ()
@@ -133,10 +139,17 @@ class Prepared:
             if fd >= 0:
                 os.close(fd)
         self.layer_fds, self.upper_fd, self.work_fd, self.bind_fds = [], -1, -1, []
+        if self.upper_sockets is not None:
+            for end in self.upper_sockets:
+                end.close()
+            self.upper_sockets = None
 
     def release(self) -> None:
         """Undo everything prepare() made: fds, a workdir it created, the claim."""
         self.close_fds()
+        if self.kept_upper >= 0:
+            os.close(self.kept_upper)
+            self.kept_upper = -1
         remove_workdir(self.created_workdir)
         self.created_workdir = None
         release_writedir(self.writedir_lock)
@@ -355,6 +368,7 @@ def plan(
     netns_pool: bool,
     limits: Limits | None = None,
     mounts: _mounts.MountPlan | None = None,
+    keep_upper: bool = False,
 ) -> ContainerPlan:
     """Check a container's directories and encode them, once per container.
 
@@ -391,6 +405,7 @@ def plan(
         workdir_path=None if workdir_path is None else os.path.abspath(workdir_path),
         settings=settings,
         netns_pool=netns_pool,
+        keep_upper=keep_upper,
         limits=limits,
         mounts=mounts,
     )
@@ -435,6 +450,8 @@ def prepare(
             prepared.work_fd = open_directory(workdir, "workdir")
             prepared.work_path = os.path.abspath(workdir)
         prepared.bind_fds = _mounts.open_sources(plan.mounts)
+        if plan.keep_upper and plan.writedir is None:
+            prepared.upper_sockets = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     except BaseException:
         prepared.release()
         raise
@@ -544,7 +561,7 @@ def spawn(
     else:
         timeout_ms = min(max(0, math.ceil(timeout * 1000)), 2**31 - 1)
     try:
-        return _core.spawn(
+        started = _core.spawn(
             argv=prepared.argv,
             envp=prepared.envp,
             exec_paths=prepared.exec_paths,
@@ -583,6 +600,9 @@ def spawn(
             shm_size=mounts.shm_size,
             binds=_mounts.core_binds(mounts, prepared.bind_fds),
             tmpfs=list(mounts.tmpfs),
+            upper_socket=-1
+            if prepared.upper_sockets is None
+            else prepared.upper_sockets[1].fileno(),
             **(hooks or {}),
         )
     except _core.StepError as failure:
@@ -594,6 +614,22 @@ def spawn(
         if step == "join-cgroup" and cgroup is not None:
             raise spawn_error(step, err, cgroup.path) from None
         raise _translate(prepared, step, err, detail) from None
+    if prepared.upper_sockets is not None:
+        prepared.kept_upper = _receive_upper(prepared.upper_sockets[0])
+    return started
+
+
+def _receive_upper(ours: socket.socket) -> int:
+    """The throwaway upper's fd the child sent (csrc/upper.c), or -1.
+
+    The child sent it before its exec, which the spawn has waited for, so it
+    is queued already: never wait for it.
+    """
+    try:
+        _, fds, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return -1
+    return fds[0] if fds else -1
 
 
 # Steps that mount onto a path inside the container, which the C core opens

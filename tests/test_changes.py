@@ -331,3 +331,62 @@ def test_a_forked_child_does_not_keep_the_writedir_locked(rootfs, tmp_path):
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+
+
+# -- the throwaway writable layer, kept (keep_upper=True) ----------------------------------------
+
+
+@pytest.mark.parametrize("path", ["clone", "fork"], ids=["clone-vm", "fork-path"])
+def test_keep_upper_reads_the_throwaway_layer(rootfs, base, no_leaks, path):
+    box = Container(layers=[base, rootfs], keep_upper=True)
+    hooks = {"pre_exec": lambda: None} if path == "fork" else {}
+    script = "echo more >> /etc/a; rm /etc/b; echo n > /new; read x; echo late > /late"
+    with box.spawn(["/bin/sh", "-c", script], env=BB_ENV, stdin=pycontain.PIPE, **hooks) as process:
+        assert wait_for_changes(process, 3)
+        assert process.changes(format="docker") == ["C /etc", "C /etc/a", "D /etc/b", "A /new"]
+        process.communicate(b"go\n", timeout=TIMEOUT)
+        # After the program ended (its mount namespace is gone) it is still there.
+        assert [c.path for c in process.changes()] == ["/etc", "/etc/a", "/etc/b", "/late", "/new"]
+
+
+def wait_for_changes(process, count: int) -> bool:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if len(process.changes()) >= count + 1:  # + the parent directory /etc
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_keep_upper_commit_and_stack(rootfs, base, tmp_path):
+    box = Container(layers=[base, rootfs], keep_upper=True)
+    with box.spawn(["/bin/sh", "-c", "rm /etc/b; echo 2 > /etc/two"], env=BB_ENV) as process:
+        process.wait(TIMEOUT)
+        process.commit(tmp_path / "layer")
+    done = Container(layers=[tmp_path / "layer", base, rootfs]).run(
+        ["/bin/ls", "/etc"], env=BB_ENV, capture_output=True, text=True
+    )
+    assert done.stdout.split() == ["a", "two"]
+
+
+def test_the_kept_layer_goes_with_close(rootfs, base, no_leaks):
+    box = Container(layers=[base, rootfs], keep_upper=True)
+    process = box.spawn(["/bin/sh", "-c", "echo x > /x"], env=BB_ENV)
+    process.wait(TIMEOUT)
+    assert [c.path for c in process.changes()] == ["/x"]
+    process.close()
+    with pytest.raises(ValueError, match="closed"):
+        process.changes()
+
+
+def test_without_keep_upper_the_message_names_it(rootfs):
+    with Container(layers=[rootfs]).spawn(["/bin/true"], env=BB_ENV) as process:
+        process.wait(TIMEOUT)
+        with pytest.raises(ValueError, match="keep_upper=True"):
+            process.changes()
+
+
+def test_keep_upper_is_a_container_setting(rootfs):
+    box = Container(layers=[rootfs], keep_upper=True)
+    assert box.keep_upper is True and box != box.replace(keep_upper=False)
+    assert "keep_upper=True" in repr(box)
