@@ -67,6 +67,18 @@ def docker_lines(changes: Iterable[Change]) -> list[str]:
     return [change.docker() for change in changes]
 
 
+def check_format(format: str | None) -> None:
+    if format not in (None, "docker"):
+        raise ValueError(f"format must be None or 'docker', not {format!r}")
+
+
+def report(upper_fd: int, layers: Sequence[bytes], format: str | None) -> list[Change] | list[str]:
+    """read_changes, as Changes or (format="docker") as docker diff's lines."""
+    check_format(format)
+    found = read_changes(upper_fd, layers)
+    return docker_lines(found) if format == "docker" else found
+
+
 def _kind(mode: int) -> Kind:
     if stat.S_ISDIR(mode):
         return "dir"

@@ -30,6 +30,7 @@ from ._spawn import Env, StrOrBytesPath
 
 if TYPE_CHECKING:
     from ._asyncio import AsyncProcess
+    from ._changes import Change
     from ._process import Process
     from ._run import CompletedProcess
 
@@ -292,6 +293,23 @@ class Container:
         set_field(self, "binds", binds)
         set_field(self, "tmpfs", tmpfs)
         set_field(self, "_plan", plan)
+
+    # -- its writedir ---------------------------------------------------------
+
+    def changes(self, format: str | None = None) -> list[Change] | list[str]:
+        """What the programs run in this container changed so far: its
+        ``writedir`` read against its layers (as :meth:`Process.changes`, for a
+        writedir kept across runs)."""
+        from . import _changes
+
+        _changes.check_format(format)
+        if self._plan.writedir_path is None:
+            raise ValueError("Container.changes() needs a writedir (see Process.changes())")
+        upper = os.open(self._plan.writedir_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return _changes.report(upper, self._plan.layer_paths, format)
+        finally:
+            os.close(upper)
 
     # -- value semantics ----------------------------------------------------
 

@@ -431,11 +431,9 @@ class Process:
         ``format="docker"``, ``docker diff``'s lines (``A /path``, ``C``,
         ``D``). Needs a ``writedir`` or ``Container(keep_upper=True)``.
         """
-        if format not in (None, "docker"):
-            raise ValueError(f"format must be None or 'docker', not {format!r}")
+        _changes.check_format(format)  # before anything else can fail
         with self._upper() as upper:
-            found = _changes.read_changes(upper, self.container._plan.layer_paths)
-        return _changes.docker_lines(found) if format == "docker" else found
+            return _changes.report(upper, self.container._plan.layer_paths, format)
 
     def commit(self, path: StrOrBytesPath) -> StrOrBytesPath:
         """Copy the writable layer to ``path`` (which must not exist) as a new layer.

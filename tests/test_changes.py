@@ -390,3 +390,12 @@ def test_keep_upper_is_a_container_setting(rootfs):
     box = Container(layers=[rootfs], keep_upper=True)
     assert box.keep_upper is True and box != box.replace(keep_upper=False)
     assert "keep_upper=True" in repr(box)
+
+
+def test_container_changes_reads_a_kept_writedir(rootfs, base, tmp_path):
+    run_changes(rootfs, base, tmp_path, "rm /etc/b")
+    box = Container(layers=[base, rootfs], writedir=tmp_path / "w")
+    box.run(["/bin/sh", "-c", "echo 2 > /two"], env=BB_ENV, check=True)
+    assert box.changes(format="docker") == ["C /etc", "D /etc/b", "A /two"]
+    with pytest.raises(ValueError, match="writedir"):
+        Container(layers=[rootfs]).changes()
