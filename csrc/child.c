@@ -101,6 +101,21 @@ static int run_hook(const struct pc_child_args *args, enum pc_hook hook, struct 
     return 0;
 }
 
+/* pycontain.call: the caller's code is the program, run where the exec
+ * would be, with everything the exec would get (root, cwd, stdio, ids,
+ * umask, signal mask) and without the error pipe: closing it tells the
+ * parent the setup is done, as a successful exec does, and from then on the
+ * process's exit status is how the code ended. The code itself closes the
+ * other close-on-exec fds, which no exec closes here. */
+static __attribute__((noreturn)) void run_as_program(const struct pc_child_args *args)
+{
+    const struct pc_hooks *hooks = args->request->hooks;
+    struct pc_error unreported;
+
+    close(args->error_fd);
+    _exit(hooks->run(hooks->context, PC_HOOK_MAIN, &unreported) < 0 ? 1 : 0);
+}
+
 /* One step: run it, and on success note when it ended (for benchmarks). */
 #define STEP(step, call)                                                                           \
     do {                                                                                           \
@@ -176,6 +191,8 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
      * own filter need not allow umask or sigprocmask). */
     STEP(PC_STEP_SECCOMP, pc_privileges_load_seccomp(request, err));
     pc_trace(request, PC_STEP_EXEC);
+    if (request->hooks != NULL && (request->hooks->points & (1U << PC_HOOK_MAIN)))
+        run_as_program(args); /* pycontain.call: no exec; does not return */
     return exec_program(request, err);
 }
 

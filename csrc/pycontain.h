@@ -25,6 +25,7 @@ enum pc_hook {
     PC_HOOK_PRE_PIVOT = 0, /* every mount made; cwd is the new root (pivot_root does not
                             * depend on it) */
     PC_HOOK_PRE_EXEC = 1,  /* after pivot_root, cwd and stdio; before uid/gid and exec */
+    PC_HOOK_MAIN = 2,      /* instead of the exec, as the program itself (pycontain.call) */
 };
 
 /* Caller code to run at hook points. It runs in the container's process,

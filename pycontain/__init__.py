@@ -9,6 +9,7 @@ with pycontain.Process(["/bin/sh", "-c", "echo $$"], layers=["/srv/rootfs"]) as 
 
 from . import _errors
 from ._asyncio import AsyncProcess, create_subprocess_exec
+from ._call import CallError, CallExitedError, RemoteError, RemoteTraceback, call, call_async
 from ._changes import Change
 from ._container import Container
 from ._errors import CallbackError, SpawnError, TimeoutExpired
@@ -26,13 +27,19 @@ __all__ = [
     "PIPE",
     "STDOUT",
     "AsyncProcess",
+    "CallError",
+    "CallExitedError",
     "CallbackError",
     "Change",
     "CompletedProcess",
     "Container",
     "Process",
+    "RemoteError",
+    "RemoteTraceback",
     "SpawnError",
     "TimeoutExpired",
+    "call",
+    "call_async",
     "create_subprocess_exec",
     "netns_pool_status",
     "run",

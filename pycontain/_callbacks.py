@@ -29,13 +29,17 @@ def require_callable(name: str, callback: Callback | None) -> None:
         raise TypeError(f"{name} must be callable, not {type(callback).__name__}")
 
 
-def check(pre_pivot: Callback | None, pre_exec: Callback | None) -> None:
+def check(
+    pre_pivot: Callback | None, pre_exec: Callback | None, main: Callback | None = None
+) -> None:
     """Refuse non-callables; warn if another thread could hold a lock."""
     require_callable("pre_pivot", pre_pivot)
     require_callable("pre_exec", pre_exec)
-    if (pre_pivot is not None or pre_exec is not None) and _thread_count() > 1:
+    require_callable("fn", main)
+    if (pre_pivot, pre_exec, main) != (None, None, None) and _thread_count() > 1:
         warnings.warn(
-            "pycontain: this process is multi-threaded; pre_pivot/pre_exec callbacks run in "
+            "pycontain: this process is multi-threaded; pre_pivot/pre_exec callbacks and "
+            "pycontain.call's function run in "
             "a forked copy of it, where a lock another thread held at the fork (other than "
             "the ones the C library and CPython reset at fork) stays held, so a callback "
             "that takes such a lock may deadlock. Prefer the declarative keywords "
@@ -102,7 +106,14 @@ def format_exception(exc: BaseException | None) -> tuple[int, bytes]:
     return number, head + text
 
 
-def spawn_arguments(pre_pivot: Callback | None, pre_exec: Callback | None) -> dict[str, Any]:
-    if pre_pivot is None and pre_exec is None:
+def spawn_arguments(
+    pre_pivot: Callback | None, pre_exec: Callback | None, main: Callback | None = None
+) -> dict[str, Any]:
+    if pre_pivot is None and pre_exec is None and main is None:
         return {}
-    return {"pre_pivot": pre_pivot, "pre_exec": pre_exec, "format_exception": format_exception}
+    return {
+        "pre_pivot": pre_pivot,
+        "pre_exec": pre_exec,
+        "main": main,
+        "format_exception": format_exception,
+    }

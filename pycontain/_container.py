@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Container"]
 
+_T = TypeVar("_T")
+
 RLimits = Mapping[str | int, int | tuple[int | None, int | None]]
 # limits={"memory": "512M", "swap": 0, "pids": 64, "cpu": 1.5, "cpu_weight": 100}
 ResourceLimits = Mapping[str, int | float | str | None]
@@ -81,15 +83,21 @@ class ContainerFields(ContainerSettings, _Layers):
     """Every field of Container: what ``Container.replace`` takes."""
 
 
-class CommandSettings(TypedDict, total=False):
-    """What runs, other than its streams (see ``Process._start``)."""
+class PlaceSettings(TypedDict, total=False):
+    """Where a program (or a ``call``'s function) runs inside, and what it inherits."""
 
-    executable: StrOrBytesPath | None
     cwd: StrOrBytesPath | None
     env: Env | None
     pass_fds: Iterable[int]
+
+
+class CommandSettings(PlaceSettings, total=False):
+    """What runs, other than its streams (see ``Process._start``)."""
+
+    executable: StrOrBytesPath | None
     pre_exec: _callbacks.Callback | None
     _force_legacy_clone: bool
+    _main: _callbacks.Callback | None
 
 
 class StreamSettings(TypedDict, total=False):
@@ -132,6 +140,14 @@ class AsyncProgramSettings(CommandSettings, SpawnTimeout):
 
 class AsyncSettings(ContainerSettings, AsyncProgramSettings):
     """``pycontain.create_subprocess_exec(..., layers=..., **these)``."""
+
+
+class CallProgramSettings(PlaceSettings, StreamSettings, SpawnTimeout):
+    """``Container.call``'s keywords (its timeout bounds the whole call)."""
+
+
+class CallSettings(ContainerSettings, CallProgramSettings):
+    """``pycontain.call(fn, *args, layers=..., **these)``."""
 
 
 # -- the value ----------------------------------------------------------------------------
@@ -392,6 +408,22 @@ class Container:
         return await create_subprocess_exec_in(
             self, program, *args, stdin=stdin, stdout=stdout, stderr=stderr, limit=limit, **settings
         )
+
+    def call(
+        self, fn: Callable[..., _T], /, *args: Any, **program: Unpack[CallProgramSettings]
+    ) -> _T:
+        """``fn(*args)`` in a new container made from this one; its result (see pycontain.call)."""
+        from ._call import call_in
+
+        return call_in(self, fn, args, **program)
+
+    async def call_async(
+        self, fn: Callable[..., _T], /, *args: Any, **program: Unpack[CallProgramSettings]
+    ) -> _T:
+        """As :meth:`call`, awaited: the loop runs on while ``fn`` runs."""
+        from ._call import call_in_async
+
+        return await call_in_async(self, fn, args, **program)
 
 
 _FIELDS = tuple(field for field in dataclasses.fields(Container) if field.init)

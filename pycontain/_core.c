@@ -132,7 +132,7 @@ static int convert_optional_bytes(PyObject *value, void *out)
  * sequence then reports it and exits, so control never returns into the
  * parent's Python code paths. */
 struct python_hooks {
-    PyObject *callables[2];     /* indexed by enum pc_hook; NULL: none */
+    PyObject *callables[3];     /* indexed by enum pc_hook; NULL: none */
     PyObject *format_exception; /* exc -> (errno, bytes) */
     PyThreadState *thread_state;
 };
@@ -272,7 +272,7 @@ PyDoc_STRVAR(spawn_doc,
              "      scratch_size=0, dev_size=0, dev_inodes=0, shm_size=0, binds=None,\n"
              "      tmpfs=None, force_resolve_walk=False,\n"
              "      privileged=False, capabilities=0, last_capability=CAP_LAST_CAP,\n"
-             "      seccomp=None, new_session=True, upper_socket=-1)\n"
+             "      seccomp=None, new_session=True, upper_socket=-1, main=None)\n"
              "      -> (pid, pidfd, mntns_fd)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
@@ -288,7 +288,8 @@ PyDoc_STRVAR(spawn_doc,
              "capabilities: a mask of the capabilities the program keeps (bit N:\n"
              "capability N); seccomp: None or bytes of struct sock_filter to load last.\n"
              "upper_socket: an AF_UNIX datagram socket the child sends an fd of the\n"
-             "throwaway upper directory over (csrc/upper.c), or -1.");
+             "throwaway upper directory over (csrc/upper.c), or -1.\n"
+             "main (a callable) runs instead of the exec, as the program (pycontain.call).");
 
 static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -334,6 +335,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "seccomp",
                                "new_session",
                                "upper_socket",
+                               "main",
                                NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *rlimit_list;
     PyObject *group_list, *result = NULL, *trace = Py_None;
@@ -341,6 +343,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     PyObject *seccomp = Py_None;
     int privileged = 0, last_capability = CAP_LAST_CAP, new_session = 1;
     unsigned long long capabilities = 0;
+    PyObject *main_hook = Py_None;
     struct python_hooks python_hooks = {0};
     struct pc_hooks hooks = {.run = run_python_hook, .context = &python_hooks};
     int timeout_ms = -1, use_netns_pool = 1, cgroup_fd = -1, force_resolve_walk = 0;
@@ -364,7 +367,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 
     (void)module;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&KKKKOOppKiOpi", keywords,
+            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&KKKKOOppKiOpiO", keywords,
             &argv_list, &envp_list, &exec_list, &cwd, &layer_path_list, convert_int_list,
             &layer_fds, convert_optional_bytes, &upper_path, &upper_fd, convert_optional_bytes,
             &work_path, &work_fd, &scratch_dir, &namespaces, convert_int_list, &stdio,
@@ -373,7 +376,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
             &pre_exec, &format_exception, &timeout_ms, &use_netns_pool, &cgroup_fd,
             convert_int_list, &cgroup_procs_fds, &scratch_size, &dev_size, &dev_inodes, &shm_size,
             &bind_list, &tmpfs_list, &force_resolve_walk, &privileged, &capabilities,
-            &last_capability, &seccomp, &new_session, &upper_socket))
+            &last_capability, &seccomp, &new_session, &upper_socket, &main_hook))
         return NULL;
     if (cwd != Py_None && !PyBytes_Check(cwd)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -504,18 +507,21 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     request.last_capability = last_capability;
     request.new_session = new_session;
 
-    if (pre_pivot != Py_None || pre_exec != Py_None) {
+    if (pre_pivot != Py_None || pre_exec != Py_None || main_hook != Py_None) {
         if ((pre_pivot != Py_None && !PyCallable_Check(pre_pivot)) ||
             (pre_exec != Py_None && !PyCallable_Check(pre_exec)) ||
+            (main_hook != Py_None && !PyCallable_Check(main_hook)) ||
             !PyCallable_Check(format_exception)) {
             PyErr_SetString(PyExc_TypeError, "hooks and format_exception must be callable");
             goto done;
         }
         python_hooks.callables[PC_HOOK_PRE_PIVOT] = pre_pivot == Py_None ? NULL : pre_pivot;
         python_hooks.callables[PC_HOOK_PRE_EXEC] = pre_exec == Py_None ? NULL : pre_exec;
+        python_hooks.callables[PC_HOOK_MAIN] = main_hook == Py_None ? NULL : main_hook;
         python_hooks.format_exception = format_exception;
         hooks.points = (pre_pivot != Py_None ? 1U << PC_HOOK_PRE_PIVOT : 0) |
-                       (pre_exec != Py_None ? 1U << PC_HOOK_PRE_EXEC : 0);
+                       (pre_exec != Py_None ? 1U << PC_HOOK_PRE_EXEC : 0) |
+                       (main_hook != Py_None ? 1U << PC_HOOK_MAIN : 0);
         request.hooks = &hooks;
     }
 

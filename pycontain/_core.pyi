@@ -57,6 +57,7 @@ def spawn(
     last_capability: int = ...,
     seccomp: bytes | None = ...,
     new_session: bool = ...,
+    main: Callable[[], object] | None = ...,
 ) -> tuple[int, int, int]: ...
 def wait_pidfd(
     pidfd: int, options: int, /

@@ -143,8 +143,12 @@ class Process:
         pre_exec: _callbacks.Callback | None = None,
         timeout: float | None = None,
         _force_legacy_clone: bool = False,
+        _main: _callbacks.Callback | None = None,
     ) -> None:
-        """The one declaration of the program's keywords and their defaults."""
+        """The one declaration of the program's keywords and their defaults.
+
+        ``_main`` (pycontain.call) runs in place of the exec, as the program.
+        """
         self.args = args
         self.stdin: IO[Any] | None = None
         self.stdout: IO[Any] | None = None
@@ -169,7 +173,7 @@ class Process:
             raise TypeError("bufsize must be an int")
         self.container = container
         passed = _pass_fds(pass_fds)
-        _callbacks.check(container.pre_pivot, pre_exec)
+        _callbacks.check(container.pre_pivot, pre_exec, _main)
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"timeout must be a non-negative number of seconds, not {timeout!r}")
         # Streams first: a stale fd number given as a stream must fail with
@@ -194,7 +198,7 @@ class Process:
             self.pid, self._pidfd, self._mntns_fd = _spawn.spawn(
                 prepared,
                 force_legacy_clone=_force_legacy_clone,
-                hooks=_callbacks.spawn_arguments(container.pre_pivot, pre_exec),
+                hooks=_callbacks.spawn_arguments(container.pre_pivot, pre_exec, _main),
                 timeout=timeout,
                 args=args,
                 cgroup=cgroup,

@@ -1,0 +1,254 @@
+"""pycontain.call: a Python function run in a container, its result or exception returned."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import functools
+import os
+import pickle
+import resource
+import signal
+import socket
+import sys
+import threading
+import time
+
+import pytest
+from helpers import TIMEOUT, child_pids, wait_until
+
+import pycontain
+
+
+def look_around() -> dict[str, object]:
+    return {
+        "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "root": sorted(os.listdir("/")),
+        "uid": os.getuid(),
+        "cwd": os.getcwd(),
+    }
+
+
+class Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("not today")
+
+
+class NeedsTwo(Exception):
+    def __init__(self, a, b):  # unpickles without b: TypeError
+        super().__init__(a)
+
+
+def raise_unpicklable() -> None:
+    raise Unpicklable("kept in the container")
+
+
+def raise_needs_two() -> None:
+    raise NeedsTwo("a", "b")
+
+
+def crash() -> None:
+    ctypes.string_at(0)  # SIGSEGV
+
+
+def test_modules_not_imported_before_the_call_are_not_there(rootfs):
+    # The container's / is the busybox layer: no Python library in it.
+    def load(name: str) -> str:
+        return __import__(name).__name__
+
+    with pytest.raises(ModuleNotFoundError):
+        pycontain.call(load, "xml.dom.minidom", layers=[rootfs])
+    assert pycontain.call(load, "xml.dom.minidom", layers=["/"]) == "xml"
+
+
+def test_returns_the_result_from_inside_the_container(rootfs, no_leaks):
+    # The busybox rootfs has no Python: the function runs in a copy of this one.
+    seen = pycontain.call(look_around, layers=[rootfs], hostname="callbox", cwd="/bin")
+    assert seen["pid"] == 1
+    assert seen["hostname"] == "callbox"
+    assert "bin" in seen["root"] and "usr" not in seen["root"]
+    assert seen["cwd"] == "/bin"
+
+
+def test_arguments_reach_the_function_through_the_fork(rootfs):
+    lock = threading.Lock()  # unpicklable, and a closure: neither needs pickling
+    factor = 3
+    assert pycontain.call(lambda x, y: (x + y) * factor, 4, 5, layers=[rootfs]) == 27
+    assert pycontain.call(lambda: type(lock).__name__, layers=[rootfs]) == "lock"
+    assert pycontain.call(functools.partial(int, base=16), "ff", layers=[rootfs]) == 255
+
+
+def test_container_keywords_apply(rootfs, tmp_path):
+    writedir = tmp_path / "upper"
+    writedir.mkdir()
+    (writedir / "data").mkdir()
+    os.chown(writedir / "data", 1000, 1000)
+
+    def work() -> tuple[int, int, str, int]:
+        with open("/data/note", "w") as f:
+            f.write("kept")
+        return (
+            os.getuid(),
+            os.getgid(),
+            os.environ.get("GREETING", ""),
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        )
+
+    box = pycontain.Container(
+        layers=[rootfs], writedir=writedir, uid=1000, gid=1000, rlimits={"nofile": 64}
+    )
+    assert box.call(work, env={"GREETING": "hi"}) == (1000, 1000, "hi", 64)
+    assert (writedir / "data" / "note").read_text() == "kept"
+
+
+def test_the_exception_keeps_its_type_and_carries_the_child_traceback(rootfs):
+    def fail(key: str) -> None:
+        raise KeyError(key)
+
+    with pytest.raises(KeyError) as caught:
+        pycontain.call(fail, "missing", layers=[rootfs])
+    assert caught.value.args == ("missing",)
+    cause = caught.value.__cause__
+    assert isinstance(cause, pycontain.RemoteTraceback)
+    assert "in fail" in cause.traceback and "KeyError: 'missing'" in cause.traceback
+
+
+def test_an_exception_that_does_not_pickle_is_a_remote_error(rootfs):
+    with pytest.raises(pycontain.RemoteError) as caught:
+        pycontain.call(raise_unpicklable, layers=[rootfs])
+    assert caught.value.exception_type == "test_call.Unpicklable"
+    assert caught.value.exception_message == "kept in the container"
+    assert "raise_unpicklable" in caught.value.child_traceback
+    assert isinstance(caught.value.__cause__, pycontain.RemoteTraceback)
+
+
+def test_an_exception_that_does_not_unpickle_is_a_remote_error(rootfs):
+    with pytest.raises(pycontain.RemoteError) as caught:
+        pycontain.call(raise_needs_two, layers=[rootfs])
+    assert caught.value.exception_type == "test_call.NeedsTwo"
+
+
+def test_a_result_that_does_not_pickle_raises_the_pickling_error(rootfs):
+    with pytest.raises((TypeError, pickle.PicklingError)) as caught:
+        pycontain.call(threading.Lock, layers=[rootfs])
+    assert "pickle" in str(caught.value)
+    assert isinstance(caught.value.__cause__, pycontain.RemoteTraceback)
+
+
+@pytest.mark.parametrize(
+    ("function", "status"),
+    [
+        (functools.partial(os._exit, 3), 3),
+        (functools.partial(sys.exit, 4), 4),
+        (functools.partial(sys.exit, 0), 0),
+        (crash, -signal.SIGSEGV),
+    ],
+    ids=["os._exit", "sys.exit", "sys.exit-0", "segfault"],
+)
+def test_an_ended_process_is_reported_with_its_status(rootfs, function, status, no_leaks):
+    with pytest.raises(pycontain.CallExitedError) as caught:
+        pycontain.call(function, layers=[rootfs])
+    assert caught.value.exit_status == status
+    if status < 0:
+        assert "killed by SIGSEGV" in str(caught.value)
+
+
+def test_a_large_result(rootfs, no_leaks):
+    # 100 MiB through the pipe: limited by memory only (it is held in both
+    # processes while it travels).
+    data = pycontain.call(os.urandom, 100 << 20, layers=[rootfs], timeout=TIMEOUT * 4)
+    assert len(data) == 100 << 20
+
+
+def test_the_callers_files_are_closed_in_the_container(rootfs, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("host")
+    with open(secret) as f:
+        fd = f.fileno()
+
+        def peek() -> str:
+            try:
+                return os.read(fd, 100).decode()
+            except OSError as error:
+                return type(error).__name__
+
+        assert pycontain.call(peek, layers=[rootfs]) == "OSError"
+        r, w = os.pipe()
+        try:
+            # ...except the ones passed on purpose.
+            assert pycontain.call(lambda: os.write(w, b"x"), layers=[rootfs], pass_fds=[w]) == 1
+            assert os.read(r, 1) == b"x"
+        finally:
+            os.close(r)
+            os.close(w)
+
+
+def test_prints_go_to_the_given_stdout(rootfs, tmp_path):
+    out = tmp_path / "out"
+    with open(out, "w") as f:
+        assert pycontain.call(lambda: print("inside") or 5, layers=[rootfs], stdout=f) == 5
+    assert out.read_text() == "inside\n"
+
+
+def test_timeout_kills_the_container(rootfs, no_leaks):
+    started = time.monotonic()
+    with pytest.raises(pycontain.TimeoutExpired):
+        pycontain.call(time.sleep, 60, layers=[rootfs], timeout=0.5)
+    assert time.monotonic() - started < 10
+
+
+def test_an_interrupt_kills_the_container(rootfs, no_leaks):
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    before = child_pids()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(Interrupted):
+            pycontain.call(time.sleep, 60, layers=[rootfs])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert wait_until(lambda: child_pids() <= before)
+
+
+def test_bad_input_raises_before_anything_starts(rootfs, no_leaks):
+    with pytest.raises(TypeError, match="callable"):
+        pycontain.call(42, layers=[rootfs])  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'hostnam'"):
+        pycontain.call(print, layers=[rootfs], hostnam="x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'executable'"):
+        pycontain.call(print, layers=[rootfs], executable="/bin/sh")  # type: ignore[call-arg]
+
+
+def test_call_async(rootfs, no_leaks):
+    async def main() -> list[object]:
+        box = pycontain.Container(layers=[rootfs])
+        results = await asyncio.gather(
+            *(box.call_async(lambda i=i: (i, os.getpid())) for i in range(4))
+        )
+        with pytest.raises(KeyError):
+            await pycontain.call_async(dict().__getitem__, "k", layers=[rootfs])
+        with pytest.raises(pycontain.TimeoutExpired):
+            await box.call_async(time.sleep, 60, timeout=0.3)
+        task = asyncio.ensure_future(box.call_async(time.sleep, 60))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return results
+
+    assert asyncio.run(main()) == [(i, 1) for i in range(4)]
+
+
+def test_signature_lists_the_container_keywords():
+    import inspect
+
+    parameters = inspect.signature(pycontain.call).parameters
+    assert {"layers", "writedir", "hostname", "uid", "cwd", "env", "timeout"} <= set(parameters)
+    assert "executable" not in parameters and "pre_exec" not in parameters
