@@ -2,8 +2,16 @@
 
 import glob
 import os
+import sys
 
 from setuptools import Extension, setup
+
+if not sys.platform.startswith("linux"):
+    sys.exit(
+        f"pycontain runs programs in Linux containers (namespaces, overlayfs, pidfds) and "
+        f"builds only on Linux >= 5.4; this is {sys.platform}. Use it on a Linux machine, "
+        "in a Linux VM, or in WSL 2."
+    )
 
 # Warnings are errors in development and CI builds (PYCONTAIN_WERROR=1), not
 # in users' builds, where a newer compiler's new warning must not break them.

@@ -12,6 +12,7 @@ from ._asyncio import AsyncProcess, create_subprocess_exec
 from ._call import CallError, CallExitedError, RemoteError, RemoteTraceback, call, call_async
 from ._changes import Change
 from ._container import Container
+from ._doctor import DoctorReport, doctor
 from ._errors import CallbackError, SpawnError, TimeoutExpired
 from ._io import DEVNULL, PIPE, STDOUT
 from ._netns import netns_pool_status, set_netns_pool
@@ -19,6 +20,7 @@ from ._privileges import CAPABILITIES, DEFAULT_CAPABILITIES
 from ._process import Process
 from ._run import CompletedProcess, run
 from ._seccomp import seccomp_filter
+from ._version import __version__
 
 __all__ = [
     "CAPABILITIES",
@@ -33,20 +35,22 @@ __all__ = [
     "Change",
     "CompletedProcess",
     "Container",
+    "DoctorReport",
     "Process",
     "RemoteError",
     "RemoteTraceback",
     "SpawnError",
     "TimeoutExpired",
+    "__version__",
     "call",
     "call_async",
     "create_subprocess_exec",
+    "doctor",
     "netns_pool_status",
     "run",
     "seccomp_filter",
     "set_netns_pool",
 ]
-__version__ = "0.1.0"
 
 # SpawnFileNotFoundError, SpawnPermissionError, ...: the classes of the
 # SpawnErrors raised, importable so that they pickle.

@@ -1,0 +1,384 @@
+"""The ``pycontain`` command (and ``python -m pycontain``).
+
+pycontain run [OPTIONS] [--] CMD [ARGS...]   run CMD in a container
+pycontain doctor [--json]                    what this machine allows
+pycontain                                    a demo over the host's /
+
+The container's options are generated from :class:`pycontain.Container`'s
+fields (``CONTAINER_OPTIONS``): a new field becomes an option without an
+edit here. Exit statuses are those of ``docker run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import errno
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from ._container import Container
+from ._errors import SpawnError, TimeoutExpired
+from ._version import __version__
+
+__all__ = ["main"]
+
+DEMO_SCRIPT = r"""
+echo "hello from inside pycontain: my pid is $$"
+echo "processes I can see: $(ls /proc | grep -E '^[0-9]+$' | tr '\n' ' ')"
+echo "network interfaces: $(ls /sys/class/net | tr '\n' ' ')"
+echo "my root filesystem: $(grep ' / / ' /proc/self/mountinfo | cut -d' ' -f9)"
+echo scratch > /pycontain-demo-was-here
+echo "wrote /pycontain-demo-was-here; it vanishes with the container"
+"""
+
+# Exit statuses, as docker run's.
+EXIT_START_FAILED = 125  # pycontain could not start the program (bad option, setup step)
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+EXIT_TIMEOUT = 124  # as timeout(1): --timeout expired and the container was killed
+SIGNAL_BASE = 128
+
+# Container fields that take Python objects and have no command-line form.
+NOT_FROM_THE_SHELL = {"pre_pivot": "a Python callback"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # As docker run: a usage error is pycontain's failure, 125.
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_START_FAILED, f"{self.prog}: error: {message}\n")
+
+
+# -- the container's options, from its fields -----------------------------------------------
+
+
+def _octal(value: str) -> int:
+    return int(value, 8)
+
+
+def _integer(value: str) -> int:
+    return int(value, 0)
+
+
+def _literal(value: str) -> Any:
+    """A Python literal (a number, a list, a dict, ...), or else the string."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def _rlimit(value: str) -> tuple[str, tuple[int | None, int | None]]:
+    name, separator, limits = value.partition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=SOFT[:HARD], not {value!r}")
+    soft, _, hard = limits.partition(":")
+
+    def number(text: str) -> int | None:
+        return None if text in ("", "unlimited", "inf") else int(text, 0)
+
+    try:
+        return name, (number(soft), number(hard or soft))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"limits must be numbers or 'unlimited': {value!r}"
+        ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class _OptionKind:
+    """How a field's type is read from the command line."""
+
+    metavar: str | None
+    parse: Callable[[str], Any]
+    repeat: bool = False  # --layer A --layer B (the option is the field's singular)
+    flag: bool = False  # --netns-pool / --no-netns-pool
+    collect: Callable[[list[Any]], Any] = list
+    help: str = ""
+
+
+# By the field's annotation, as written in Container.
+_KINDS = {
+    "Iterable[StrOrBytesPath]": _OptionKind("DIR", str, repeat=True),
+    "StrOrBytesPath | None": _OptionKind("DIR", str),
+    "str | bytes | None": _OptionKind("TEXT", str),
+    "int | None": _OptionKind("N", _integer),
+    "bool": _OptionKind(None, str, flag=True),
+    "Iterable[int] | None": _OptionKind("ID", _integer, repeat=True),
+    "RLimits | None": _OptionKind(
+        "NAME=SOFT[:HARD]",
+        _rlimit,
+        repeat=True,
+        collect=dict,
+        help="NAME is a resource.RLIMIT_* name in lower case (nofile, nproc, core, ...)",
+    ),
+}
+_BY_NAME = {"umask": _OptionKind("OCTAL", _octal)}
+# Unknown types: a Python literal, so that a new setting is usable at once.
+_FALLBACK = _OptionKind("VALUE", _literal, help="a Python literal, or a string")
+
+_HELP = {
+    "layers": "read-only layer; repeat to stack them, the first is the uppermost "
+    "(default: the host's / alone)",
+    "writedir": "keep the container's writes in DIR (default: a tmpfs that vanishes)",
+    "workdir": "overlayfs' work directory for --writedir (default: made beside it)",
+    "hostname": "the container's hostname",
+    "rlimits": "resource limit; repeatable",
+    "groups": "supplementary group id; repeatable",
+    "gid": "group id the program runs as",
+    "uid": "user id the program runs as",
+    "umask": "the program's umask",
+    "netns_pool": "take the network namespace from the pool made ahead of time",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerOption:
+    field: str
+    flags: tuple[str, ...]
+    kind: _OptionKind
+
+
+def _container_options() -> tuple[ContainerOption, ...]:
+    options = []
+    for field in dataclasses.fields(Container):
+        if not field.init or field.name in NOT_FROM_THE_SHELL:
+            continue
+        annotation = str(field.type)
+        kind = _BY_NAME.get(field.name) or _KINDS.get(annotation, _FALLBACK)
+        name = field.name.replace("_", "-")
+        if kind.repeat and name.endswith("s"):
+            name = name[:-1]
+        options.append(ContainerOption(field.name, (f"--{name}",), kind))
+    return tuple(options)
+
+
+CONTAINER_OPTIONS = _container_options()
+
+
+def _add_container_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("container (pycontain.Container's fields)")
+    for option in CONTAINER_OPTIONS:
+        kind = option.kind
+        text = " ".join(part for part in (_HELP.get(option.field, ""), kind.help) if part)
+        if kind.flag:
+            group.add_argument(
+                *option.flags,
+                dest=option.field,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=text,
+            )
+        else:
+            group.add_argument(
+                *option.flags,
+                dest=option.field,
+                metavar=kind.metavar,
+                type=kind.parse,
+                action="append" if kind.repeat else "store",
+                default=None,
+                help=text,
+            )
+
+
+def container_from(options: argparse.Namespace) -> Container:
+    settings: dict[str, Any] = {}
+    for option in CONTAINER_OPTIONS:
+        value = getattr(options, option.field)
+        if value is None:
+            continue
+        settings[option.field] = option.kind.collect(value) if option.kind.repeat else value
+    settings.setdefault("layers", ["/"])
+    return Container(**settings)
+
+
+# -- pycontain run -----------------------------------------------------------------------------
+
+
+def _environment(options: argparse.Namespace) -> dict[str, str]:
+    env = {} if options.clearenv else dict(os.environ)
+    for item in options.env or ():
+        name, separator, value = item.partition("=")
+        if not separator:
+            # As docker: --env NAME passes this process's value, if any.
+            if name in os.environ:
+                env[name] = os.environ[name]
+            continue
+        env[name] = value
+    return env
+
+
+def _run_parser(parser: argparse.ArgumentParser) -> None:
+    _add_container_options(parser)
+    program = parser.add_argument_group("program")
+    program.add_argument(
+        "--cwd", metavar="DIR", help="working directory inside the container (default: /)"
+    )
+    program.add_argument(
+        "-e",
+        "--env",
+        metavar="NAME=VALUE",
+        action="append",
+        help="set an environment variable (NAME alone: this one's value); repeatable",
+    )
+    program.add_argument(
+        "--clearenv",
+        action="store_true",
+        help="start from an empty environment instead of this one's",
+    )
+    program.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        help=f"kill the container after SECONDS and exit {EXIT_TIMEOUT}",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+
+
+class _Terminated(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
+_ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _exit_status_for_spawn_error(error: SpawnError) -> int:
+    if error.step == "exec":
+        if error.errno == errno.ENOENT:
+            return EXIT_NOT_FOUND
+        return EXIT_NOT_EXECUTABLE
+    return EXIT_START_FAILED
+
+
+def run_command(options: argparse.Namespace, command: list[str]) -> int:
+    """Run ``command``; the exit status as docker run gives it."""
+    from ._process import Process
+
+    try:
+        container = container_from(options)
+        env = _environment(options)
+    except SpawnError as error:
+        print(error, file=sys.stderr)
+        return EXIT_START_FAILED
+    except (ValueError, TypeError, OSError) as error:
+        print(f"pycontain: {error}", file=sys.stderr)
+        return EXIT_START_FAILED
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_terminated)
+    # Held until the Process exists, so that an interrupt cannot land
+    # between the spawn and the handle that ends the container.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _ENDING_SIGNALS)
+    try:
+        try:
+            process = Process._spawn(container, command, cwd=options.cwd, env=env)
+        except SpawnError as error:
+            print(error, file=sys.stderr)
+            return _exit_status_for_spawn_error(error)
+        except (ValueError, TypeError, OSError) as error:
+            print(f"pycontain: {error}", file=sys.stderr)
+            return EXIT_START_FAILED
+    finally:
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        except KeyboardInterrupt:
+            return _end(locals().get("process"), signal.SIGINT)
+        except _Terminated as terminated:
+            return _end(locals().get("process"), terminated.signum)
+    try:
+        code = process.wait(options.timeout)
+    except TimeoutExpired:
+        print(f"pycontain: timed out after {options.timeout:g} s; killed", file=sys.stderr)
+        _end(process, signal.SIGKILL)
+        return EXIT_TIMEOUT
+    except KeyboardInterrupt:
+        return _end(process, signal.SIGINT)
+    except _Terminated as terminated:
+        return _end(process, terminated.signum)
+    return code if code >= 0 else SIGNAL_BASE - code
+
+
+def _end(process: Any, signum: int) -> int:
+    """Kill and reap the container (while it happens, further signals wait)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _ENDING_SIGNALS)
+    if process is not None:
+        process.close()
+    return SIGNAL_BASE + signum
+
+
+# -- pycontain doctor ----------------------------------------------------------------------------
+
+
+def doctor_command(options: argparse.Namespace) -> int:
+    from ._doctor import doctor
+
+    report = doctor(try_container=not options.no_container)
+    if options.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report)
+    return 0 if report.can_run else 1
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def build_parser(prog: str = "pycontain") -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
+        description="Run programs in lightweight Linux containers (overlayfs + namespaces). "
+        "Without a command: a demo over the host's / (read-only).",
+    )
+    parser.add_argument("--version", action="version", version=f"pycontain {__version__}")
+    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="run a command in a new container",
+        description="Run CMD in a new container and exit with its status: the program's own, "
+        f"128+N when signal N killed it, {EXIT_START_FAILED} when pycontain could not start "
+        f"it, {EXIT_NOT_EXECUTABLE} when it is not executable, {EXIT_NOT_FOUND} when it is "
+        f"not found, {EXIT_TIMEOUT} when --timeout expired. Ctrl-C or SIGTERM end the "
+        "container (130, 143).",
+        usage=f"{prog} run [OPTIONS] [--] CMD [ARGS...]",
+    )
+    run.error = parser.error  # type: ignore[method-assign]
+    _run_parser(run)
+    check = commands.add_parser(
+        "doctor", help="what this machine and user allow pycontain to do, and why not"
+    )
+    check.add_argument("--json", action="store_true", help="the report as JSON")
+    check.add_argument(
+        "--no-container", action="store_true", help="do not start the one test container"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "pycontain") -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments:
+        arguments = ["run", "--", "/bin/sh", "-c", DEMO_SCRIPT]
+    elif arguments[0] not in ("run", "doctor", "-h", "--help", "--version"):
+        # python -m pycontain --layer DIR -- CMD: the older form of "run".
+        arguments.insert(0, "run")
+    options = build_parser(prog).parse_args(arguments)
+    if options.subcommand == "doctor":
+        return doctor_command(options)
+    command = options.command[1:] if options.command[:1] == ["--"] else options.command
+    if not command:
+        build_parser(prog).error("run: no command given")
+    return run_command(options, command)
+
+
+def console_main() -> None:
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The pycontain command, run as a subprocess: options, exit statuses, signals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from helpers import TIMEOUT, child_pids, handles_signal, wait_until
+
+import pycontain
+from pycontain import _cli
+
+CLI = [sys.executable, "-m", "pycontain"]
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=TIMEOUT, **kwargs)
+
+
+def test_version():
+    done = cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"pycontain {pycontain.__version__}"
+
+
+def test_the_demo_without_arguments(host_root):
+    done = cli()
+    assert done.returncode == 0, done.stderr
+    assert "my pid is 1" in done.stdout
+
+
+def test_run_with_options(rootfs, tmp_path):
+    writedir = tmp_path / "upper"
+    writedir.mkdir()
+    done = cli(
+        "run", "--layer", rootfs, "--writedir", str(writedir), "--hostname", "clibox",
+        "--uid", "7", "--gid", "8", "--umask", "077", "--rlimit", "nofile=50:60",
+        "--clearenv", "-e", "PATH=/bin", "-e", "GREETING=hi there", "--cwd", "/bin", "--",
+        "sh", "-c", 'echo "$GREETING|$(hostname)|$(id -u):$(id -g)|$(umask)|$(ulimit -n)|$PWD"'
+        "; echo kept > /kept 2>/dev/null; env | wc -l",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first, count = done.stdout.splitlines()
+    assert first == "hi there|clibox|7:8|0077|50|/bin"
+    assert int(count) <= 4  # PATH, GREETING, and what sh sets itself (PWD, SHLVL)
+
+
+def test_the_old_form_without_run_keeps_working(rootfs):
+    done = cli("--layer", rootfs, "--", "/bin/sh", "-c", "exit 5")
+    assert done.returncode == 5
+
+
+def test_the_layer_defaults_to_the_host_root(host_root):
+    done = cli("run", "--", "sh", "-c", "test -d /usr && echo $$")
+    assert (done.returncode, done.stdout) == (0, "1\n")
+
+
+@pytest.mark.parametrize(
+    ("command", "status"),
+    [
+        (["/bin/sh", "-c", "exit 3"], 3),
+        (["/nonexistent"], 127),
+        (["nonexistent-program"], 127),
+        (["/bin"], 126),
+    ],
+    ids=["own", "not-found", "not-in-path", "not-executable"],
+)
+def test_exit_status_as_docker_run(rootfs, command, status):
+    done = cli("run", "--layer", rootfs, "-e", "PATH=/bin", "--", *command)
+    assert done.returncode == status, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_file_without_exec_permission_is_126(rootfs, tmp_path):
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "prog").write_text("#!/bin/sh\necho hi\n")
+    os.chmod(layer / "prog", 0o644)
+    done = cli("run", "--layer", str(layer), "--layer", rootfs, "--", "/prog")
+    assert done.returncode == 126
+    assert "Permission denied" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--layer", "/nonexistent-layer"], ["--uid", "-5"], ["--rlimit", "nosuch=1"], ["--bogus"]],
+    ids=["missing-layer", "bad-uid", "bad-rlimit", "unknown-option"],
+)
+def test_pycontain_failures_are_125(rootfs, options):
+    done = cli("run", *options, "--", "/bin/true")
+    assert done.returncode == 125
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip()
+
+
+def test_no_command_is_125():
+    assert cli("run").returncode == 125
+
+
+def test_timeout_kills_and_exits_124(rootfs):
+    done = cli("run", "--layer", rootfs, "--timeout", "0.3", "--", "/bin/sleep", "60")
+    assert done.returncode == 124
+    assert "timed out" in done.stderr
+
+
+def _container_of(cli_pid: int) -> int:
+    """The container's PID 1: the CLI's child that is not its helper."""
+    found: list[int] = []
+
+    def look() -> bool:
+        try:
+            with open(f"/proc/{cli_pid}/task/{cli_pid}/children") as f:
+                pids = [int(pid) for pid in f.read().split()]
+        except FileNotFoundError:
+            return False
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"sleep" in f.read():
+                        found.append(pid)
+                        return True
+            except FileNotFoundError:
+                pass
+        return False
+
+    assert wait_until(look, TIMEOUT)
+    return found[0]
+
+
+def test_killed_by_a_signal_is_128_plus_n(rootfs):
+    with subprocess.Popen(
+        [*CLI, "run", "--layer", rootfs, "--", "/bin/sleep", "60"], stderr=subprocess.PIPE
+    ) as process:
+        os.kill(_container_of(process.pid), signal.SIGKILL)
+        assert process.wait(TIMEOUT) == 128 + signal.SIGKILL
+
+
+@pytest.mark.parametrize(
+    ("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_interrupt_ends_the_container_without_a_traceback(rootfs, sig, status):
+    before = child_pids()
+    with subprocess.Popen(
+        [*CLI, "run", "--layer", rootfs, "--", "/bin/sleep", "60"],
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        container = _container_of(process.pid)
+        # Python's handlers are installed by the time the container runs.
+        assert wait_until(lambda: handles_signal(process.pid, signal.SIGTERM), TIMEOUT)
+        process.send_signal(sig)
+        assert process.wait(TIMEOUT) == status
+        assert "Traceback" not in process.stderr.read()
+    assert not os.path.exists(f"/proc/{container}")
+    assert child_pids() <= before
+
+
+def test_every_container_field_is_an_option():
+    # A new Container field becomes an option with no edit to the CLI;
+    # only callbacks (Python objects) are left out, by name.
+    fields = {f.name for f in dataclasses.fields(pycontain.Container) if f.init}
+    offered = {option.field for option in _cli.CONTAINER_OPTIONS}
+    assert offered == fields - set(_cli.NOT_FROM_THE_SHELL)
+    help_text = cli("run", "--help").stdout
+    for option in _cli.CONTAINER_OPTIONS:
+        assert option.flags[0] in help_text
+
+
+def test_doctor_json(host_root):
+    done = cli("doctor", "--json")
+    assert done.returncode == 0, done.stdout
+    report = json.loads(done.stdout)
+    assert report["can_run"] is True
+    names = {check["name"] for check in report["checks"]}
+    assert {"overlayfs", "clone3", "pidfd_open", "start a container"} <= names
+
+
+def test_console_script_is_declared():
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "pycontain"]
+    assert script.value == "pycontain._cli:console_main"
