@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Any, Unpack
 
-from . import _callbacks, _cgroup, _changes, _container, _core, _io, _netns, _spawn
+from . import _callbacks, _cgroup, _changes, _container, _core, _display, _io, _netns, _spawn
 from ._changes import Change
 from ._container import Container, ProcessSettings, ProgramSettings
 from ._errors import TimeoutExpired
@@ -98,6 +98,8 @@ class Process:
     memory_peak: int | None = None
     cpu_time: float | None = None
     oom_killed: bool | None = None
+    _started: float | None = None
+    _ended: float | None = None
 
     def __init__(
         self,
@@ -159,6 +161,7 @@ class Process:
         self._lock = threading.Lock()
         self._users = 0
         self._communication: _io.Communication | None = None
+        self._started = time.monotonic()
         if (
             universal_newlines is not None
             and text is not None
@@ -296,6 +299,7 @@ class Process:
                 self.returncode = _returncode(reaped[0], reaped[1])
                 self.rusage = resource.struct_rusage(reaped[2])
             self._finish_cgroup()
+            self._ended = time.monotonic()
             self._close_if_done_locked()
         return self.returncode
 
@@ -550,6 +554,12 @@ class Process:
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"returncode={self.returncode}"
         return f"<pycontain.Process pid={self.pid} args={self.args!r} {state}>"
+
+    def _repr_html_(self) -> str:
+        return _display.html_table("pycontain.Process", _display.process_rows(self), [])
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        _display.pretty(printer, "Process", _display.process_rows(self))
 
 
 _container.check_declaration(ProgramSettings, Process._start)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import resource
 import subprocess
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Unpack
 
-from . import _container
+from . import _container, _display
 from ._container import Container, RunProgramSettings, RunSettings
 from ._errors import TimeoutExpired
 from ._io import PIPE
@@ -16,12 +17,31 @@ from ._spawn import StrOrBytesPath
 
 
 class CompletedProcess(subprocess.CompletedProcess[Any]):
-    """``subprocess.CompletedProcess`` plus what the container used (see Process)."""
+    """``subprocess.CompletedProcess`` plus what the container used (see Process),
+    the container's ``pid`` (in your PID namespace), the ``duration`` of the
+    run in seconds and the ``container`` it ran in; shown as a table in Jupyter."""
 
     rusage: resource.struct_rusage | None = None
     memory_peak: int | None = None
     cpu_time: float | None = None
     oom_killed: bool | None = None
+    pid: int | None = None
+    duration: float | None = None
+    container: Container | None = None
+
+    def _repr_html_(self) -> str:
+        return _display.html_table(
+            "pycontain.CompletedProcess",
+            _display.completed_rows(self),
+            [("stdout", self.stdout), ("stderr", self.stderr)],
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        rows = _display.completed_rows(self)
+        for name, data in (("stdout", self.stdout), ("stderr", self.stderr)):
+            if data is not None:
+                rows.append((name, repr(data)))
+        _display.pretty(printer, "CompletedProcess", rows)
 
 
 def run(
@@ -78,6 +98,7 @@ def run_in(
         if program.get("stdout") is not None or program.get("stderr") is not None:
             raise ValueError("stdout and stderr arguments may not be used with capture_output.")
         program["stdout"] = program["stderr"] = PIPE
+    started = time.monotonic()
     with Process._spawn(container, args, **program) as process:
         try:
             stdout, stderr = process.communicate(input, timeout=timeout)
@@ -95,6 +116,8 @@ def run_in(
     completed = CompletedProcess(process.args, returncode, stdout, stderr)
     completed.rusage, completed.memory_peak = process.rusage, process.memory_peak
     completed.cpu_time, completed.oom_killed = process.cpu_time, process.oom_killed
+    completed.pid, completed.container = process.pid, container
+    completed.duration = time.monotonic() - started
     return completed
 
 

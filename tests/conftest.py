@@ -15,6 +15,9 @@ import pytest
 
 BUSYBOX = "/bin/busybox"
 
+# pytest's own fixture for testing plugins (tests/test_pytest_plugin.py).
+pytest_plugins = ["pytester"]
+
 
 def _container_skip_reason() -> str | None:
     if os.geteuid() != 0:
