@@ -52,6 +52,14 @@ __all__ = [
     "set_netns_pool",
 ]
 
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext pycontain`` in IPython or Jupyter: the ``%%contain`` cell magic."""
+    from ._magic import load_ipython_extension
+
+    load_ipython_extension(ipython)
+
+
 # SpawnFileNotFoundError, SpawnPermissionError, ...: the classes of the
 # SpawnErrors raised, importable so that they pickle.
 globals().update({cls.__name__: cls for cls in _errors.SPAWN_ERROR_CLASSES.values()})
