@@ -7,6 +7,9 @@
 #   ./run.sh sanitize  the test suite against a UBSan build of the C code
 #   ./run.sh bench   install bubblewrap too, and run bench/spawn.py (extra
 #                    arguments go to it, e.g. --quick)
+#   ./run.sh package build the sdist and wheel (python -m build), install the
+#                    wheel into a fresh venv and run a subset of the tests
+#                    from there (.ci/package)
 #
 # Installs only what is missing: Debian packages with apt-get, Python
 # packages with pip into .venv (so the system Python stays untouched).
@@ -15,9 +18,9 @@ cd "$(dirname "$0")"
 
 task=${1:-}
 case "$task" in
-demo | test | lint | sanitize | bench) ;;
+demo | test | lint | sanitize | bench | package) ;;
 *)
-    echo "usage: ./run.sh demo|test|lint|sanitize|bench [ARGS...]" >&2
+    echo "usage: ./run.sh demo|test|lint|sanitize|bench|package [ARGS...]" >&2
     exit 2
     ;;
 esac
@@ -45,7 +48,7 @@ else
 fi
 # The tests and the benchmark build their root filesystem from a static
 # busybox; the benchmark compares with bubblewrap and util-linux's unshare.
-if [ "$task" = test ] || [ "$task" = sanitize ] || [ "$task" = bench ]; then
+if [ "$task" = test ] || [ "$task" = sanitize ] || [ "$task" = bench ] || [ "$task" = package ]; then
     [ -x /bin/busybox ] || apt_missing+=(busybox-static)
 fi
 # The escape tests check with strace that the path-resolution fallback is
@@ -92,6 +95,10 @@ sanitize)
     # Leave the normal build in place again.
     PYCONTAIN_WERROR=1 .venv/bin/python setup.py -q build_ext --inplace --force
     exit $status
+    ;;
+package)
+    "${pip[@]}" -e '.[test]'
+    exec timeout 900 .ci/package
     ;;
 lint)
     PYCONTAIN_WERROR=1 "${pip[@]}" -e '.[dev]'
