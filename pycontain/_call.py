@@ -122,20 +122,28 @@ for _cls in (RemoteTraceback, CallError, RemoteError, CallExitedError):
 
 
 def _close_inherited_fds(keep: int) -> None:
-    """Close every fd that an exec would have closed (close-on-exec): this
-    process's copies of the caller's files. Only 0, 1, 2, pass_fds and the
-    result pipe are not close-on-exec here (csrc/fds.c)."""
+    """Cut this process off from every fd an exec would have closed
+    (close-on-exec: the caller's files, sockets, pipes). Only 0, 1, 2,
+    pass_fds and the result pipe are not close-on-exec here (csrc/fds.c).
+
+    Each such fd is replaced by the container's /dev/null rather than
+    closed: the caller's file objects live on in this copy, and one that is
+    garbage-collected while the function runs closes its fd number, which
+    must not be a file the function has opened since.
+    """
     import fcntl
 
+    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd == keep:
+        if fd in (keep, null):
             continue
         try:
             if fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC:
-                os.close(fd)
+                os.dup2(null, fd, inheritable=False)
         except OSError:
             pass  # listdir's own fd, already closed
+    os.close(null)
 
 
 def _rebind_standard_streams() -> None:
