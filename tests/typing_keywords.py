@@ -21,6 +21,13 @@ async def entry_points(box: pycontain.Container) -> None:
     box.run(["/bin/true"], hostname="x")  # type: ignore[call-arg]
     await box.create_subprocess_exec("/bin/true", text=True)  # type: ignore[call-arg]
     box.replace(gid=1.5)  # type: ignore[arg-type]
+    pycontain.call(print, layers=["/"], hostnam="x")  # type: ignore[call-arg]
+    pycontain.call(print, layers=["/"], executable="/bin/sh")  # type: ignore[call-arg]
+    await pycontain.call_async(print, layers=["/"], uid="root")  # type: ignore[arg-type]
+    box.call(print, pre_exec=print)  # type: ignore[call-arg]
+    _wrong: str = box.call(len, "abc")  # type: ignore[assignment]
     # And the right spellings pass.
     pycontain.run(["/bin/true"], layers=["/"], hostname="x", cwd="/", capture_output=True)
     box.replace(hostname="y").spawn(["/bin/true"], stdout=pycontain.PIPE, timeout=1.0).wait()
+    _length: int = pycontain.call(len, "abc", layers=["/"], hostname="x", cwd="/", timeout=1.0)
+    _length = await box.call_async(len, "abc", env={"A": "b"})
