@@ -280,18 +280,19 @@ def container(request: pytest.FixtureRequest, container_rootfs: str) -> Iterable
         factory.close()
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
+) -> Generator[None, Any, None]:
+    # An old-style wrapper, so that pytest 7's pluggy runs it too.
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
     factory = item.stash.get(_RECORDS, None)
     if factory is not None and factory.records and report.failed:
         if report.when == "call":
             # Ended now, so that the report shows the final status and output.
             factory.close()
         report.sections.append((_SECTION, factory.report()))
-    return report
 
 
 # -- the marker ----------------------------------------------------------------------------------
