@@ -34,6 +34,7 @@ from typing import Any, TypeVar, Unpack
 from . import _container
 from ._container import CallProgramSettings, CallSettings, Container
 from ._errors import TimeoutExpired
+from ._io import PIPE
 from ._process import Process
 from ._spawn import Env, StrOrBytesPath
 
@@ -305,6 +306,13 @@ def _start(
 ) -> Process:
     if not callable(fn):
         raise TypeError(f"pycontain.call: fn must be callable, not {type(fn).__name__}")
+    for name, stream in streams.items():
+        if isinstance(stream, int) and stream == PIPE:
+            # No one would read it: the function would block once it is full.
+            raise ValueError(
+                f"pycontain.call: {name}=PIPE is not supported (nothing reads it); "
+                "pass a file, an fd or DEVNULL"
+            )
     if env is not None:
         # Checked here (the C core gets it too, unused), applied in the copy.
         env = dict(env)

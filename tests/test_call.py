@@ -257,6 +257,8 @@ def test_bad_input_raises_before_anything_starts(rootfs, no_leaks):
         pycontain.call(print, layers=[rootfs], hostnam="x")  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="unexpected keyword argument 'executable'"):
         pycontain.call(print, layers=[rootfs], executable="/bin/sh")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="stdout=PIPE is not supported"):
+        pycontain.call(print, layers=[rootfs], stdout=pycontain.PIPE)
 
 
 def test_call_async(rootfs, no_leaks):
