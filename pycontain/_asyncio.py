@@ -72,6 +72,12 @@ class AsyncProcess:
     def __repr__(self) -> str:
         return f"<pycontain.AsyncProcess {self._process!r}>"
 
+    def _repr_html_(self) -> str:
+        return self._process._repr_html_()
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        self._process._repr_pretty_(printer, cycle)
+
     # -- waiting ---------------------------------------------------------
 
     def _watch(self) -> asyncio.Future[int]:

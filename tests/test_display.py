@@ -46,3 +46,16 @@ def test_process_running_then_killed(rootfs):
         assert "killed by SIGKILL" in html and "sleep 60" in html and rootfs in html
         assert "duration" in html
         assert "state=killed by SIGKILL" in pretty(p)
+
+
+def test_async_process(rootfs):
+    import asyncio
+
+    async def main() -> tuple[str, str]:
+        p = await pycontain.create_subprocess_exec("/bin/true", layers=[rootfs])
+        await p.wait()
+        return p._repr_html_(), pretty(p)
+
+    html, text = asyncio.run(main())
+    assert "exit status 0" in html and "/bin/true" in html
+    assert "state=exit status 0" in text
