@@ -91,6 +91,13 @@ def _rlimit(value: str) -> tuple[str, tuple[int | None, int | None]]:
         ) from None
 
 
+def _key_value(value: str) -> tuple[str, Any]:
+    name, separator, text = value.partition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {value!r}")
+    return name, None if text.lower() in ("none", "max", "unlimited") else _literal(text)
+
+
 @dataclasses.dataclass(frozen=True)
 class _OptionKind:
     """How a field's type is read from the command line."""
@@ -118,6 +125,14 @@ _KINDS = {
         collect=dict,
         help="NAME is a resource.RLIMIT_* name in lower case (nofile, nproc, core, ...)",
     ),
+    "ResourceLimits | None": _OptionKind(
+        "KEY=VALUE",
+        _key_value,
+        repeat=True,
+        collect=dict,
+        help="KEY is memory, swap, pids, cpu or cpu_weight (e.g. memory=512M, cpu=1.5); "
+        "a cgroup per container",
+    ),
 }
 _BY_NAME = {"umask": _OptionKind("OCTAL", _octal)}
 # Unknown types: a Python literal, so that a new setting is usable at once.
@@ -135,6 +150,7 @@ _HELP = {
     "uid": "user id the program runs as",
     "umask": "the program's umask",
     "netns_pool": "take the network namespace from the pool made ahead of time",
+    "limits": "resource limit; repeatable",
 }
 
 
@@ -166,7 +182,7 @@ def _add_container_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("container (pycontain.Container's fields)")
     for option in CONTAINER_OPTIONS:
         kind = option.kind
-        text = " ".join(part for part in (_HELP.get(option.field, ""), kind.help) if part)
+        text = "; ".join(part for part in (_HELP.get(option.field, ""), kind.help) if part)
         if kind.flag:
             group.add_argument(
                 *option.flags,

@@ -50,6 +50,16 @@ def test_run_with_options(rootfs, tmp_path):
     assert int(count) <= 4  # PATH, GREETING, and what sh sets itself (PWD, SHLVL)
 
 
+def test_limits_become_a_mapping(rootfs):
+    options = _cli.build_parser().parse_args(
+        ["run", "--layer", rootfs, "--limit", "pids=16", "--limit", "memory=64M", "--", "x"]
+    )
+    assert _cli.container_from(options).limits == {"pids": 16, "memory": "64M"}
+    done = cli("run", "--layer", rootfs, "--limit", "pids=16", "--", "/bin/true")
+    assert done.returncode == 0, done.stderr
+    assert cli("run", "--layer", rootfs, "--limit", "nosuch=1", "--", "/bin/true").returncode == 125
+
+
 def test_the_old_form_without_run_keeps_working(rootfs):
     done = cli("--layer", rootfs, "--", "/bin/sh", "-c", "exit 5")
     assert done.returncode == 5
