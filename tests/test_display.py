@@ -27,6 +27,7 @@ def test_completed_process(rootfs):
     html = done._repr_html_()
     assert "exit status 4" in html and "&lt;out&gt;" in html and rootfs in html
     assert "shown" in html and "echo" in html
+    assert "max RSS" in html  # rusage, always measured
     text = pretty(done)
     assert text.startswith("CompletedProcess(") and "status=exit status 4" in text
     # Still a CompletedProcess for everything else.
@@ -59,3 +60,10 @@ def test_async_process(rootfs):
     html, text = asyncio.run(main())
     assert "exit status 0" in html and "/bin/true" in html
     assert "state=exit status 0" in text
+
+
+def test_cgroup_accounting_is_shown_where_measured(rootfs):
+    done = pycontain.run(["/bin/true"], layers=[rootfs], limits={})
+    assert done.cpu_time is not None
+    assert "cgroup CPU time" in done._repr_html_()
+    assert "cgroup CPU time" in pretty(done)
