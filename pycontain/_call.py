@@ -18,7 +18,6 @@ reach.
 from __future__ import annotations
 
 import asyncio
-import errno
 import math
 import os
 import pickle
@@ -337,37 +336,66 @@ def _start(
     )
 
 
+def _drain(fd: int, data: bytearray) -> bool:
+    """Read what the non-blocking pipe ``fd`` holds; True at its end (EOF)."""
+    while True:
+        try:
+            chunk = os.read(fd, _READ_CHUNK)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            return True
+        data += chunk
+
+
 def call_in(
     container: Container,
     fn: Callable[..., T],
     args: tuple[Any, ...],
     **program: Unpack[CallProgramSettings],
 ) -> T:
-    """pycontain.call and Container.call."""
+    """pycontain.call and Container.call.
+
+    Reads the result until the pipe's end or the process's exit, whichever
+    comes first: another container being set up at the same moment (forked
+    from this process by another thread) may hold a copy of the pipe's write
+    end for a while, so its end can come later than the exit.
+    """
     timeout = program.get("timeout")
     deadline = None if timeout is None else time.monotonic() + timeout
     read_fd, write_fd = _open_result_pipe()
     try:
+        os.set_blocking(read_fd, False)
         with _start(container, fn, args, write_fd, **program) as process:
             os.close(write_fd)
             write_fd = -1
             data = bytearray()
+            pidfd = process._use_pidfd()
             try:
+                poller = select.poll()
+                poller.register(read_fd, select.POLLIN)
+                if pidfd >= 0:
+                    poller.register(pidfd, select.POLLIN)
                 while True:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise TimeoutExpired(process.args, timeout)  # type: ignore[arg-type]
-                    if _readable(read_fd, remaining):
-                        chunk = os.read(read_fd, _READ_CHUNK)
-                        if not chunk:
-                            break
-                        data += chunk
+                    ready = {fd for fd, _ in poller.poll(_milliseconds(remaining))}
+                    if read_fd in ready and _drain(read_fd, data):
+                        break
+                    if pidfd in ready:
+                        # Exited: everything it wrote is in the pipe by now.
+                        _drain(read_fd, data)
+                        break
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 returncode = process.wait(remaining)
             except BaseException:
                 # A timeout, Ctrl-C: the container ends with the call.
                 process._kill_if_running()
                 raise
+            finally:
+                if pidfd >= 0:
+                    process._release_pidfd()
     finally:
         os.close(read_fd)
         if write_fd >= 0:
@@ -376,12 +404,10 @@ def call_in(
     return result
 
 
-def _readable(fd: int, timeout: float | None) -> bool:
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
+def _milliseconds(timeout: float | None) -> int | None:
     if timeout is None:
-        return bool(poller.poll())
-    return bool(poller.poll(min(math.ceil(timeout * 1000), 2**31 - 1)))
+        return None
+    return min(math.ceil(timeout * 1000), 2**31 - 1)
 
 
 async def call_in_async(
@@ -390,7 +416,7 @@ async def call_in_async(
     args: tuple[Any, ...],
     **program: Unpack[CallProgramSettings],
 ) -> T:
-    """pycontain.call_async and Container.call_async."""
+    """pycontain.call_async and Container.call_async (read as call_in does)."""
     from ._asyncio import AsyncProcess
 
     loop = asyncio.get_running_loop()
@@ -404,28 +430,21 @@ async def call_in_async(
         os.close(write_fd)
         write_fd = -1
         with process:
-            done: asyncio.Future[None] = loop.create_future()
+            ended: asyncio.Future[None] = loop.create_future()
             data = bytearray()
 
             def on_readable() -> None:
-                try:
-                    chunk = os.read(read_fd, _READ_CHUNK)
-                except BlockingIOError:
-                    return
-                except OSError as error:
-                    if error.errno == errno.EINTR:
-                        return
-                    chunk = b""
-                if chunk:
-                    data.extend(chunk)
-                elif not done.done():
-                    done.set_result(None)
+                if _drain(read_fd, data) and not ended.done():
+                    ended.set_result(None)
 
             loop.add_reader(read_fd, on_readable)
+            exited = asyncio.ensure_future(AsyncProcess(process, loop, None, None, None).wait())
             try:
                 async with asyncio.timeout(timeout):
-                    await done
-                    returncode = await AsyncProcess(process, loop, None, None, None).wait()
+                    either: list[asyncio.Future[Any]] = [ended, exited]
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                    _drain(read_fd, data)
+                    returncode = await exited
             except TimeoutError:
                 process._kill_if_running()
                 raise TimeoutExpired(process.args, timeout) from None  # type: ignore[arg-type]
@@ -434,6 +453,8 @@ async def call_in_async(
                 raise
             finally:
                 loop.remove_reader(read_fd)
+                if not exited.done():
+                    exited.cancel()
     finally:
         os.close(read_fd)
         if write_fd >= 0:

@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 import weakref
 
 import pytest
@@ -215,6 +216,45 @@ def test_the_callers_file_objects_cannot_close_the_functions_files(rootfs):
         if file is not None:
             file.close()
         gc.enable()
+
+
+def _slow_setup(flag: str) -> None:
+    # pre_pivot of the other container: sees the host's /, so it can say it
+    # is running; then holds its set-up (and its fork's copies of fds) a while.
+    with open(flag, "w"):
+        pass
+    time.sleep(4)
+
+
+def test_another_containers_set_up_does_not_delay_the_result(rootfs, tmp_path, monkeypatch):
+    # Another thread's container, forked while this call's result pipe is
+    # open, holds a copy of its write end during its set-up: the result is
+    # complete once the function's process has exited, not only at the
+    # pipe's end.
+    from pycontain import _call
+
+    flag = str(tmp_path / "other-started")
+    slow = pycontain.Container(layers=[rootfs], pre_pivot=functools.partial(_slow_setup, flag))
+    other: list[threading.Thread] = []
+    original = _call._open_result_pipe
+
+    def open_pipe_then_fork_another() -> tuple[int, int]:
+        fds = original()
+        if not other:
+            thread = threading.Thread(target=lambda: slow.run(["/bin/true"], timeout=TIMEOUT))
+            other.append(thread)
+            thread.start()
+            assert wait_until(lambda: os.path.exists(flag), TIMEOUT)
+        return fds
+
+    monkeypatch.setattr(_call, "_open_result_pipe", open_pipe_then_fork_another)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the other thread, on purpose
+        started = time.monotonic()
+        assert pycontain.call(os.getpid, layers=[rootfs]) == 1
+        elapsed = time.monotonic() - started
+    other[0].join(TIMEOUT)
+    assert elapsed < 3, elapsed
 
 
 def test_prints_go_to_the_given_stdout(rootfs, tmp_path):
