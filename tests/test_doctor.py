@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
 import pycontain
 
 
@@ -52,3 +59,49 @@ def test_text_json_and_html_forms():
     assert data["can_run"] == report.can_run
     assert {"name", "ok", "detail", "fix", "required"} <= set(data["checks"][0])
     assert "<table>" in report._repr_html_()
+
+
+# -- as a user without privileges ---------------------------------------------------------
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # usable by any uid (see KERNEL-NOTES), unlike a venv's
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [shutil.which("runuser") or "runuser", "-u", "nobody", "--", SYSTEM_PYTHON, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"},
+        cwd="/",
+    )
+
+
+@pytest.fixture(scope="module")
+def nobody() -> None:
+    if os.geteuid() != 0 or shutil.which("runuser") is None or not os.path.exists(SYSTEM_PYTHON):
+        pytest.skip("needs root, runuser and /usr/bin/python3 to run as nobody")
+    probe = as_nobody("-c", "import pycontain")
+    if probe.returncode != 0:
+        pytest.skip(
+            f"nobody cannot import this checkout's pycontain: {probe.stderr.strip()[-200:]}"
+        )
+
+
+def test_doctor_as_nobody_says_why_not_and_how(nobody):
+    done = as_nobody("-m", "pycontain", "doctor", "--json")
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["can_run"] is False
+    checks = {check["name"]: check for check in report["checks"]}
+    assert checks["privileges"]["ok"] is False
+    assert "root" in checks["privileges"]["fix"]
+    assert "start a container" not in checks  # nothing is tried that cannot work
+
+
+def test_run_as_nobody_is_125_with_the_reason(nobody):
+    done = as_nobody("-m", "pycontain", "run", "--", "/bin/true")
+    assert done.returncode == 125
+    assert "Traceback" not in done.stderr
+    assert "root" in done.stderr
