@@ -18,6 +18,7 @@ reach.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import math
 import os
 import pickle
@@ -280,17 +281,6 @@ def _result(data: bytearray, returncode: int, function: str) -> Any:
     raise exc
 
 
-def _open_result_pipe() -> tuple[int, int]:
-    import fcntl
-
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    try:
-        fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-    except OSError:
-        pass  # a smaller pipe only means more round trips
-    return read_fd, write_fd
-
-
 def _start(
     container: Container,
     fn: Callable[..., Any],
@@ -336,16 +326,89 @@ def _start(
     )
 
 
-def _drain(fd: int, data: bytearray) -> bool:
-    """Read what the non-blocking pipe ``fd`` holds; True at its end (EOF)."""
-    while True:
+def _open_pipe() -> tuple[int, int]:
+    """A pipe from the function's process: (read end, non-blocking; write end)."""
+    import fcntl
+
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    except OSError:
+        pass  # a smaller pipe only means more round trips
+    os.set_blocking(read_fd, False)
+    return read_fd, write_fd
+
+
+class _Pipes:
+    """What comes back from the function's process: the result pipe, and
+    the streams forwarded to this process's ``sys.stdout``/``sys.stderr``
+    where those are not the process's own fds (a Jupyter kernel's, pytest's
+    capture, ``contextlib.redirect_stdout``): there the function's prints
+    go where the caller's own prints go."""
+
+    def __init__(self, program: dict[str, Any]) -> None:
+        self.result = bytearray()
+        self.read_fds: list[int] = []
+        self.child_fds: list[int] = []
+        self.writers: dict[int, Callable[[bytes], None]] = {}
         try:
-            chunk = os.read(fd, _READ_CHUNK)
-        except BlockingIOError:
-            return False
-        if not chunk:
-            return True
-        data += chunk
+            read_fd, self.result_fd = self._add()
+            self.writers[read_fd] = self.result.extend
+            for name in ("stdout", "stderr"):
+                target = getattr(sys, name)
+                if name not in program and target is not getattr(sys, f"__{name}__"):
+                    read_fd, program[name] = self._add()
+                    self.writers[read_fd] = _text_writer(target)
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self) -> tuple[int, int]:
+        read_fd, write_fd = _open_pipe()
+        self.read_fds.append(read_fd)
+        self.child_fds.append(write_fd)
+        return read_fd, write_fd
+
+    def started(self) -> None:
+        """The function's process has its copies: drop ours, so its exit ends the pipes."""
+        for fd in self.child_fds:
+            os.close(fd)
+        self.child_fds = []
+
+    def drain(self, fd: int) -> bool:
+        """Pass on what ``fd`` holds now; True at its end."""
+        while True:
+            try:
+                chunk = os.read(fd, _READ_CHUNK)
+            except BlockingIOError:
+                return False
+            self.writers[fd](chunk)
+            if not chunk:
+                return True
+
+    def drain_all(self) -> None:
+        for fd in self.read_fds:
+            self.drain(fd)
+
+    def close(self) -> None:
+        for fd in [*self.read_fds, *self.child_fds]:
+            os.close(fd)
+        self.read_fds, self.child_fds = [], []
+
+
+def _text_writer(target: Any) -> Callable[[bytes], None]:
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(chunk: bytes) -> None:
+        text = decoder.decode(chunk, final=not chunk)
+        if text:
+            try:
+                target.write(text)
+                target.flush()
+            except (OSError, ValueError):
+                pass  # the caller's stream is closed: as for a print of its own
+
+    return write
 
 
 def call_in(
@@ -356,37 +419,35 @@ def call_in(
 ) -> T:
     """pycontain.call and Container.call.
 
-    Reads the result until the pipe's end or the process's exit, whichever
-    comes first: another container being set up at the same moment (forked
-    from this process by another thread) may hold a copy of the pipe's write
-    end for a while, so its end can come later than the exit.
+    Reads what comes back until the function's process has exited, not
+    until the pipes' end: another container being set up at the same moment
+    (forked from this process by another thread) may hold copies of their
+    write ends for a while.
     """
     timeout = program.get("timeout")
     deadline = None if timeout is None else time.monotonic() + timeout
-    read_fd, write_fd = _open_result_pipe()
+    pipes = _Pipes(program)  # type: ignore[arg-type]
     try:
-        os.set_blocking(read_fd, False)
-        with _start(container, fn, args, write_fd, **program) as process:
-            os.close(write_fd)
-            write_fd = -1
-            data = bytearray()
+        with _start(container, fn, args, pipes.result_fd, **program) as process:
+            pipes.started()
             pidfd = process._use_pidfd()
             try:
                 poller = select.poll()
-                poller.register(read_fd, select.POLLIN)
+                for fd in pipes.read_fds:
+                    poller.register(fd, select.POLLIN)
                 if pidfd >= 0:
                     poller.register(pidfd, select.POLLIN)
-                while True:
+                while pidfd >= 0:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise TimeoutExpired(process.args, timeout)  # type: ignore[arg-type]
                     ready = {fd for fd, _ in poller.poll(_milliseconds(remaining))}
-                    if read_fd in ready and _drain(read_fd, data):
-                        break
                     if pidfd in ready:
-                        # Exited: everything it wrote is in the pipe by now.
-                        _drain(read_fd, data)
-                        break
+                        break  # exited: everything it wrote is in the pipes
+                    for fd in ready:
+                        if pipes.drain(fd):
+                            poller.unregister(fd)
+                pipes.drain_all()
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 returncode = process.wait(remaining)
             except BaseException:
@@ -397,10 +458,8 @@ def call_in(
                 if pidfd >= 0:
                     process._release_pidfd()
     finally:
-        os.close(read_fd)
-        if write_fd >= 0:
-            os.close(write_fd)
-    result: T = _result(data, returncode, _function_name(fn))
+        pipes.close()
+    result: T = _result(pipes.result, returncode, _function_name(fn))
     return result
 
 
@@ -421,30 +480,26 @@ async def call_in_async(
 
     loop = asyncio.get_running_loop()
     timeout = program.get("timeout")
-    read_fd, write_fd = _open_result_pipe()
+    pipes = _Pipes(program)  # type: ignore[arg-type]
+    watched: list[int] = []
     try:
-        os.set_blocking(read_fd, False)
         # The spawn (set-up only) runs in the loop's thread, as
         # create_subprocess_exec's does; the function then runs on its own.
-        process = _start(container, fn, args, write_fd, **program)
-        os.close(write_fd)
-        write_fd = -1
-        with process:
-            ended: asyncio.Future[None] = loop.create_future()
-            data = bytearray()
+        with _start(container, fn, args, pipes.result_fd, **program) as process:
+            pipes.started()
 
-            def on_readable() -> None:
-                if _drain(read_fd, data) and not ended.done():
-                    ended.set_result(None)
+            def on_readable(fd: int) -> None:
+                if pipes.drain(fd):
+                    loop.remove_reader(fd)
+                    watched.remove(fd)
 
-            loop.add_reader(read_fd, on_readable)
-            exited = asyncio.ensure_future(AsyncProcess(process, loop, None, None, None).wait())
+            for fd in pipes.read_fds:
+                loop.add_reader(fd, on_readable, fd)
+                watched.append(fd)
             try:
                 async with asyncio.timeout(timeout):
-                    either: list[asyncio.Future[Any]] = [ended, exited]
-                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-                    _drain(read_fd, data)
-                    returncode = await exited
+                    returncode = await AsyncProcess(process, loop, None, None, None).wait()
+                pipes.drain_all()
             except TimeoutError:
                 process._kill_if_running()
                 raise TimeoutExpired(process.args, timeout) from None  # type: ignore[arg-type]
@@ -452,14 +507,11 @@ async def call_in_async(
                 process._kill_if_running()
                 raise
             finally:
-                loop.remove_reader(read_fd)
-                if not exited.done():
-                    exited.cancel()
+                for fd in watched:
+                    loop.remove_reader(fd)
     finally:
-        os.close(read_fd)
-        if write_fd >= 0:
-            os.close(write_fd)
-    result: T = _result(data, returncode, _function_name(fn))
+        pipes.close()
+    result: T = _result(pipes.result, returncode, _function_name(fn))
     return result
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import gc
+import io
 import os
 import pickle
 import resource
@@ -236,7 +238,7 @@ def test_another_containers_set_up_does_not_delay_the_result(rootfs, tmp_path, m
     flag = str(tmp_path / "other-started")
     slow = pycontain.Container(layers=[rootfs], pre_pivot=functools.partial(_slow_setup, flag))
     other: list[threading.Thread] = []
-    original = _call._open_result_pipe
+    original = _call._open_pipe
 
     def open_pipe_then_fork_another() -> tuple[int, int]:
         fds = original()
@@ -247,7 +249,7 @@ def test_another_containers_set_up_does_not_delay_the_result(rootfs, tmp_path, m
             assert wait_until(lambda: os.path.exists(flag), TIMEOUT)
         return fds
 
-    monkeypatch.setattr(_call, "_open_result_pipe", open_pipe_then_fork_another)
+    monkeypatch.setattr(_call, "_open_pipe", open_pipe_then_fork_another)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the other thread, on purpose
         started = time.monotonic()
@@ -255,6 +257,26 @@ def test_another_containers_set_up_does_not_delay_the_result(rootfs, tmp_path, m
         elapsed = time.monotonic() - started
     other[0].join(TIMEOUT)
     assert elapsed < 3, elapsed
+
+
+def test_prints_go_where_the_callers_prints_go(rootfs, no_leaks):
+    # sys.stdout replaced (as in Jupyter, pytest's capture, redirect_stdout):
+    # the function's output is forwarded to it, as it comes.
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        value = pycontain.call(
+            lambda: print("to stdout \u00e9") or print("to stderr", file=sys.stderr) or 3,
+            layers=[rootfs],
+        )
+    assert (value, out.getvalue(), err.getvalue()) == (3, "to stdout \u00e9\n", "to stderr\n")
+
+    async def main() -> int:
+        return await pycontain.call_async(lambda: print("async") or 4, layers=[rootfs])
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert asyncio.run(main()) == 4
+    assert out.getvalue() == "async\n"
 
 
 def test_prints_go_to_the_given_stdout(rootfs, tmp_path):

@@ -139,3 +139,17 @@ def test_the_example_notebook_runs(host_root, tmp_path):
             assert text in shown, (cell.source, text, shown)
             checked += 1
     assert checked >= 6
+
+
+def test_prints_of_a_called_function_reach_the_cell(kernel, rootfs):
+    messages = kernel.execute(
+        "import pycontain, warnings\n"
+        "warnings.simplefilter('ignore', RuntimeWarning)\n"
+        f"pycontain.call(lambda: print('printed inside') or 7, layers=[{rootfs!r}])\n"
+    )
+    assert errors(messages) == []
+    assert "printed inside" in streams(messages, "stdout")
+    results = [
+        m["content"]["data"]["text/plain"] for _, m in messages if m["msg_type"] == "execute_result"
+    ]
+    assert results == ["7"]
