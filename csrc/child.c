@@ -104,10 +104,10 @@ static int run_hook(const struct pc_child_args *args, enum pc_hook hook, struct 
 /* pycontain.call: the caller's code is the program, run where the exec
  * would be, with everything the exec would get (root, cwd, stdio, ids,
  * capabilities, umask, signal mask, no_new_privs, seccomp) and without the
- * error pipe: closing it tells the
- * parent the setup is done, as a successful exec does, and from then on the
- * process's exit status is how the code ended. The code itself cuts off the
- * other close-on-exec fds (no exec closes them here): see docs/call.md. */
+ * error pipe: closing it tells the parent the setup is done, as a successful
+ * exec does, and from then on the process's exit status is how the code
+ * ended. The code itself cuts off the other close-on-exec fds (no exec
+ * closes them here): see docs/call.md. */
 static __attribute__((noreturn)) void run_as_program(const struct pc_child_args *args)
 {
     const struct pc_hooks *hooks = args->request->hooks;
