@@ -98,6 +98,49 @@ def _key_value(value: str) -> tuple[str, Any]:
     return name, None if text.lower() in ("none", "max", "unlimited") else _literal(text)
 
 
+_SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _size(value: str) -> int:
+    """Bytes: a number, or one with K, M, G, T (units of 1024)."""
+    text = value.strip().lower().removesuffix("ib").removesuffix("b")
+    factor = _SIZE_UNITS.get(text[-1:], 1)
+    try:
+        number = float(text[:-1] if factor != 1 else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 4096, 64M, 1G: {value!r}"
+        ) from None
+    return int(number * factor)
+
+
+def _bind(value: str) -> tuple[str, ...]:
+    parts = value.split(":")
+    if len(parts) == 2 or (len(parts) == 3 and parts[2] in ("ro", "rw")):
+        return tuple(parts)
+    raise argparse.ArgumentTypeError(f"expected HOST_PATH:CONTAINER_PATH[:ro|rw], not {value!r}")
+
+
+def _tmpfs(value: str) -> Any:
+    path, _, rest = value.partition(":")
+    if not rest:
+        return path
+    size, _, mode = rest.partition(":")
+    return (path, _size(size) if size else None, *([_octal(mode)] if mode else []))
+
+
+def _seccomp(value: str) -> Any:
+    if value in ("default", "none"):
+        return None if value == "none" else value
+    try:
+        with open(value, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected default, none or a file of BPF instructions: {error}"
+        ) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class _OptionKind:
     """How a field's type is read from the command line."""
@@ -107,6 +150,7 @@ class _OptionKind:
     repeat: bool = False  # --layer A --layer B (the option is the field's singular)
     flag: bool = False  # --netns-pool / --no-netns-pool
     collect: Callable[[list[Any]], Any] = list
+    none_word: bool = False  # "--capability none": an empty list, not the default
     help: str = ""
 
 
@@ -125,6 +169,18 @@ _KINDS = {
         collect=dict,
         help="NAME is a resource.RLIMIT_* name in lower case (nofile, nproc, core, ...)",
     ),
+    "Binds | None": _OptionKind(
+        "HOST:CONTAINER[:ro|rw]",
+        _bind,
+        repeat=True,
+        help="bind mount, read-only unless :rw; repeatable",
+    ),
+    "Tmpfs | None": _OptionKind(
+        "PATH[:SIZE[:MODE]]", _tmpfs, repeat=True, help="a tmpfs at PATH; repeatable"
+    ),
+    "Iterable[str] | None": _OptionKind("NAME", str, repeat=True, none_word=True),
+    "Network": _OptionKind("MODE", str),
+    "Seccomp": _OptionKind("default|none|FILE", _seccomp),
     "ResourceLimits | None": _OptionKind(
         "KEY=VALUE",
         _key_value,
@@ -134,7 +190,20 @@ _KINDS = {
         "a cgroup per container",
     ),
 }
-_BY_NAME = {"umask": _OptionKind("OCTAL", _octal)}
+_BY_NAME = {
+    "umask": _OptionKind("OCTAL", _octal),
+    "scratch_size": _OptionKind("SIZE", _size),
+    "shm_size": _OptionKind("SIZE", _size),
+}
+# A repeatable option is named for one item.
+_OPTION_NAMES = {
+    "layers": "layer",
+    "groups": "group",
+    "rlimits": "rlimit",
+    "limits": "limit",
+    "binds": "bind",
+    "capabilities": "capability",
+}
 # Unknown types: a Python literal, so that a new setting is usable at once.
 _FALLBACK = _OptionKind("VALUE", _literal, help="a Python literal, or a string")
 
@@ -151,6 +220,13 @@ _HELP = {
     "umask": "the program's umask",
     "netns_pool": "take the network namespace from the pool made ahead of time",
     "limits": "resource limit; repeatable",
+    "capabilities": "a capability the program keeps (CAP_NET_RAW or net_raw); repeatable; "
+    "'none' for none (default: the default set for root, none for other uids)",
+    "privileged": "keep every capability, no no_new_privs, no seccomp filter",
+    "seccomp": "the system call filter: the default one, none, or a file of BPF",
+    "network": "none (a network namespace of its own, loopback only) or host",
+    "scratch_size": "size of the writable layer's tmpfs (without --writedir)",
+    "shm_size": "size of /dev/shm",
 }
 
 
@@ -168,9 +244,7 @@ def _container_options() -> tuple[ContainerOption, ...]:
             continue
         annotation = str(field.type)
         kind = _BY_NAME.get(field.name) or _KINDS.get(annotation, _FALLBACK)
-        name = field.name.replace("_", "-")
-        if kind.repeat and name.endswith("s"):
-            name = name[:-1]
+        name = _OPTION_NAMES.get(field.name, field.name).replace("_", "-")
         options.append(ContainerOption(field.name, (f"--{name}",), kind))
     return tuple(options)
 
@@ -209,6 +283,8 @@ def container_from(options: argparse.Namespace) -> Container:
         value = getattr(options, option.field)
         if value is None:
             continue
+        if option.kind.none_word:
+            value = [item for item in value if item != "none"]
         settings[option.field] = option.kind.collect(value) if option.kind.repeat else value
     settings.setdefault("layers", ["/"])
     return Container(**settings)

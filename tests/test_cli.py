@@ -50,6 +50,26 @@ def test_run_with_options(rootfs, tmp_path):
     assert int(count) <= 4  # PATH, GREETING, and what sh sets itself (PWD, SHLVL)
 
 
+def test_mount_and_privilege_options(rootfs, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    done = cli(
+        "run", "--layer", rootfs, "--bind", f"{shared}:/data:rw", "--tmpfs", "/scratch:1M:0700",
+        "--shm-size", "8M", "--capability", "none", "--seccomp", "default", "--network", "none",
+        "-e", "PATH=/bin", "--",
+        "sh", "-c", "echo kept > /data/f; grep -E ' /(scratch|dev/shm) ' /proc/mounts;"
+        " grep CapEff /proc/self/status; ls /sys/class/net",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (shared / "f").read_text() == "kept\n"
+    lines = done.stdout.splitlines()
+    assert any(" /scratch tmpfs " in line and "size=1024k" in line for line in lines)
+    assert any(" /dev/shm tmpfs " in line and "size=8192k" in line for line in lines)
+    assert "CapEff:\t0000000000000000" in lines
+    assert lines[-1] == "lo"
+    assert cli("run", "--layer", rootfs, "--bind", "nocolon", "--", "/bin/true").returncode == 125
+
+
 def test_limits_become_a_mapping(rootfs):
     options = _cli.build_parser().parse_args(
         ["run", "--layer", rootfs, "--limit", "pids=16", "--limit", "memory=64M", "--", "x"]
