@@ -84,6 +84,24 @@ def test_arguments_reach_the_function_through_the_fork(rootfs):
     assert pycontain.call(functools.partial(int, base=16), "ff", layers=[rootfs]) == 255
 
 
+def test_the_function_runs_with_a_programs_privileges(rootfs):
+    def effective_capabilities() -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+        raise AssertionError("no CapEff")
+
+    def no_new_privs() -> int:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("NoNewPrivs:")).split()[1])
+
+    assert pycontain.call(effective_capabilities, layers=[rootfs], capabilities=[]) == 0
+    assert pycontain.call(no_new_privs, layers=[rootfs]) == 1
+    box = pycontain.Container(layers=[rootfs], privileged=True)
+    assert box.call(no_new_privs) == 0
+
+
 def test_container_keywords_apply(rootfs, tmp_path):
     writedir = tmp_path / "upper"
     writedir.mkdir()
