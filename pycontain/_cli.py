@@ -423,6 +423,26 @@ def doctor_command(options: argparse.Namespace) -> int:
     return 0 if report.can_run else 1
 
 
+# -- pycontain diff ------------------------------------------------------------------------------
+
+
+def diff_command(options: argparse.Namespace) -> int:
+    """What the programs that ran with WRITEDIR changed, against the layers."""
+    try:
+        box = Container(layers=options.layers or ["/"], writedir=options.writedir)
+        changes = box.changes()
+    except (ValueError, TypeError, OSError) as error:
+        print(f"pycontain diff: {error}", file=sys.stderr)
+        return 1
+    for change in changes:
+        if options.long:
+            size = "" if change.size is None else f" {change.size}"
+            print(f"{change.docker()} ({change.kind}{size})")
+        else:
+            print(change.docker())
+    return 0
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -446,6 +466,21 @@ def build_parser(prog: str = "pycontain") -> argparse.ArgumentParser:
     )
     run.error = parser.error  # type: ignore[method-assign]
     _run_parser(run)
+    diff = commands.add_parser(
+        "diff",
+        help="what the programs run with a writedir changed, as docker diff shows it",
+        description="Print what the writable layer WRITEDIR holds over the layers, one "
+        "line each: A (added), C (changed), D (deleted) and the path inside the container.",
+    )
+    diff.add_argument(
+        "--layer",
+        action="append",
+        dest="layers",
+        metavar="DIR",
+        help="the read-only layers it was used with, uppermost first (default: /)",
+    )
+    diff.add_argument("--long", action="store_true", help="add each entry's kind and size")
+    diff.add_argument("writedir", metavar="WRITEDIR")
     check = commands.add_parser(
         "doctor", help="what this machine and user allow pycontain to do, and why not"
     )
@@ -460,12 +495,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "pycontain") -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if not arguments:
         arguments = ["run", "--", "/bin/sh", "-c", DEMO_SCRIPT]
-    elif arguments[0] not in ("run", "doctor", "-h", "--help", "--version"):
+    elif arguments[0] not in ("run", "diff", "doctor", "-h", "--help", "--version"):
         # python -m pycontain --layer DIR -- CMD: the older form of "run".
         arguments.insert(0, "run")
     options = build_parser(prog).parse_args(arguments)
     if options.subcommand == "doctor":
         return doctor_command(options)
+    if options.subcommand == "diff":
+        return diff_command(options)
     command = options.command[1:] if options.command[:1] == ["--"] else options.command
     if not command:
         build_parser(prog).error("run: no command given")

@@ -215,3 +215,33 @@ def test_console_script_is_declared():
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "pycontain"]
     assert script.value == "pycontain._cli:console_main"
+
+
+def test_diff_prints_what_a_writedir_holds(rootfs, tmp_path):
+    layer = tmp_path / "layer"
+    (layer / "etc").mkdir(parents=True)
+    (layer / "etc" / "old").write_text("old\n")
+    (tmp_path / "w").mkdir()
+    script = "rm /etc/old; echo new > /etc/new"
+    done = cli(
+        "run",
+        "--layer",
+        str(layer),
+        "--layer",
+        rootfs,
+        "--writedir",
+        str(tmp_path / "w"),
+        "-e",
+        "PATH=/bin",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    )
+    assert done.returncode == 0, done.stderr
+    diff = cli("diff", "--layer", str(layer), "--layer", rootfs, str(tmp_path / "w"))
+    assert (diff.returncode, diff.stdout) == (0, "C /etc\nA /etc/new\nD /etc/old\n")
+    long = cli("diff", "--long", "--layer", str(layer), "--layer", rootfs, str(tmp_path / "w"))
+    assert long.stdout.splitlines()[1] == "A /etc/new (file 4)"
+    missing = cli("diff", "--layer", rootfs, str(tmp_path / "nope"))
+    assert missing.returncode == 1 and "nope" in missing.stderr
