@@ -21,7 +21,7 @@ import dataclasses
 import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Unpack, overload
 
 from . import _callbacks, _cgroup, _mounts, _privileges, _spawn
 from ._io import Stream
@@ -312,6 +312,10 @@ class Container:
 
     # -- its writedir ---------------------------------------------------------
 
+    @overload
+    def changes(self, format: None = None) -> list[Change]: ...
+    @overload
+    def changes(self, format: Literal["docker"]) -> list[str]: ...
     def changes(self, format: str | None = None) -> list[Change] | list[str]:
         """What the programs run in this container changed so far: its
         ``writedir`` read against its layers (as :meth:`Process.changes`, for a

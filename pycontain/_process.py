@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import IO, Any, Unpack
+from typing import IO, Any, Literal, Unpack, overload
 
 from . import _callbacks, _cgroup, _changes, _container, _core, _display, _io, _netns, _spawn
 from ._changes import Change
@@ -430,6 +430,10 @@ class Process:
 
     # -- what it changed ----------------------------------------------------
 
+    @overload
+    def changes(self, format: None = None) -> list[Change]: ...
+    @overload
+    def changes(self, format: Literal["docker"]) -> list[str]: ...
     def changes(self, format: str | None = None) -> list[Change] | list[str]:
         """What the program changed in its root filesystem, during or after its run.
 
