@@ -166,6 +166,8 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
     /* The caller's mounts last, so that they may go inside /dev or /proc. */
     STEP(PC_STEP_MOUNT_BIND, pc_binds_mount(request, &root, err));
     STEP(PC_STEP_MOUNT_TMPFS, pc_binds_mount_tmpfs(request, &root, err));
+    /* After the mount points made in /dev for the caller's mounts. */
+    STEP(PC_STEP_SEAL_DEV, pc_rootfs_seal_dev(&root, err));
     umask(caller_umask); /* hooks see the caller's umask, as preexec_fn does */
     STEP(PC_STEP_PRE_PIVOT, run_hook(args, PC_HOOK_PRE_PIVOT, err));
     STEP(PC_STEP_PIVOT_ROOT, pc_rootfs_pivot(&root, err));

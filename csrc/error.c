@@ -25,6 +25,7 @@ static const char *const step_names[PC_STEP_COUNT] = {
     [PC_STEP_SYMLINK] = "symlink",
     [PC_STEP_MOUNT_BIND] = "mount-bind",
     [PC_STEP_MOUNT_TMPFS] = "mount-tmpfs",
+    [PC_STEP_SEAL_DEV] = "seal-dev",
     [PC_STEP_PIVOT_ROOT] = "pivot-root",
     [PC_STEP_DETACH_OLD_ROOT] = "detach-old-root",
     [PC_STEP_CHDIR] = "chdir",

@@ -40,6 +40,7 @@ enum pc_step {
     PC_STEP_SYMLINK,
     PC_STEP_MOUNT_BIND,
     PC_STEP_MOUNT_TMPFS,
+    PC_STEP_SEAL_DEV, /* remounting /dev read-only */
     PC_STEP_PIVOT_ROOT,
     PC_STEP_DETACH_OLD_ROOT,
     PC_STEP_CHDIR,

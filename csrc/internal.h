@@ -158,6 +158,7 @@ int pc_rootfs_mount_dev(const struct pc_spawn_request *request, const struct pc_
                         struct pc_error *err);
 int pc_rootfs_mount_proc(struct pc_root *root, struct pc_error *err);
 int pc_rootfs_mount_sys(const struct pc_root *root, struct pc_error *err);
+int pc_rootfs_seal_dev(const struct pc_root *root, struct pc_error *err);
 int pc_rootfs_pivot(struct pc_root *root, struct pc_error *err);
 
 /* beneath.c (child side, async-signal-safe) */

@@ -304,6 +304,26 @@ int pc_rootfs_mount_dev(const struct pc_spawn_request *request, const struct pc_
     return rc;
 }
 
+int pc_rootfs_seal_dev(const struct pc_root *root, struct pc_error *err)
+{
+    struct pc_fd_path dev_path;
+    int dev = open_mount_root(root->fd, "/dev", TMPFS_MAGIC, root->force_walk), rc = 0;
+
+    /* A device node needs a mount without nodev, and in a writable /dev a
+     * program given CAP_MKNOD (capabilities=) could make one for any host
+     * device: read-only, once the caller's binds and tmpfs mounts inside it
+     * have their mount points. shm, pts and those mounts are mounts of their
+     * own and keep their flags. */
+    if (dev < 0)
+        return pc_fail(err, PC_STEP_SEAL_DEV, errno, "/dev");
+    pc_fd_path(&dev_path, dev);
+    if (mount(NULL, dev_path.text, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC,
+              NULL) < 0)
+        rc = pc_fail(err, PC_STEP_SEAL_DEV, errno, "/dev");
+    close(dev);
+    return rc;
+}
+
 int pc_rootfs_pivot(struct pc_root *root, struct pc_error *err)
 {
     struct stat now;

@@ -14,12 +14,14 @@ overlayfs merges them (docs/changes.md):
 - a metacopy file (``overlay.metacopy``) changed only its metadata;
 - a redirected directory (``overlay.redirect``) was renamed from elsewhere.
 
-The xattrs are ``trusted.overlay.*`` (pycontain as root) or
-``user.overlay.*`` (overlayfs' ``userxattr`` option, used in user
-namespaces). Every path is resolved beneath a held directory fd, one
-component at a time with ``O_NOFOLLOW``, so neither a symlink the program
-made in its writable layer nor one a layer holds can lead outside: the
-program may still be running and be hostile.
+The xattrs are in the namespace the overlay was mounted with, and only
+there: ``trusted.overlay.*`` (pycontain as root) or ``user.overlay.*``
+(overlayfs' ``userxattr`` option, used in user namespaces); in a trusted
+mount, ``user.overlay.*`` is the program's own data, which it could forge.
+Every path is resolved beneath a held directory fd, one component at a time
+with ``O_NOFOLLOW``, so neither a symlink the program made in its writable
+layer nor one a layer holds can lead outside: the program may still be
+running and be hostile.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ __all__ = ["Change", "apply_to", "commit", "docker_lines", "read_changes"]
 Action = Literal["added", "modified", "deleted"]
 Kind = Literal["file", "dir", "symlink", "device", "fifo", "socket"]
 
-_XATTR_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+TRUSTED = b"trusted.overlay."  # a mount by real root
+USER = b"user.overlay."  # a mount with userxattr (a user namespace)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -72,10 +75,12 @@ def check_format(format: str | None) -> None:
         raise ValueError(f"format must be None or 'docker', not {format!r}")
 
 
-def report(upper_fd: int, layers: Sequence[bytes], format: str | None) -> list[Change] | list[str]:
+def report(
+    upper_fd: int, layers: Sequence[bytes], mount_points: Iterable[bytes], format: str | None
+) -> list[Change] | list[str]:
     """read_changes, as Changes or (format="docker") as docker diff's lines."""
     check_format(format)
-    found = read_changes(upper_fd, layers)
+    found = read_changes(upper_fd, layers, mount_points)
     return docker_lines(found) if format == "docker" else found
 
 
@@ -93,54 +98,55 @@ def _kind(mode: int) -> Kind:
     return "file"
 
 
-def _xattr(name: bytes, key: str, dir_fd: int, info: os.stat_result) -> bytes | None:
-    """Overlayfs' xattr ``key`` of an entry, in either namespace, or None."""
-    if stat.S_ISLNK(info.st_mode):
-        return None  # overlayfs keeps no markers on symlinks
-    try:
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return None
-    try:
-        # getxattr on an O_PATH fd goes through /proc/self/fd (no following).
-        path = f"/proc/self/fd/{fd}"
-        for prefix in _XATTR_PREFIXES:
-            try:
-                return os.getxattr(path, prefix + key.encode())
-            except OSError as error:
-                if error.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
-                    raise
-        return None
-    finally:
-        os.close(fd)
-
-
-def _is_whiteout(name: bytes, dir_fd: int, info: os.stat_result) -> bool:
-    if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
-        return True
-    # Linux 6.7+: an empty regular file marked as a whiteout by xattr.
-    return (
-        stat.S_ISREG(info.st_mode)
-        and info.st_size == 0
-        and _xattr(name, "whiteout", dir_fd, info) is not None
-    )
-
-
 def _lstat(name: bytes, dir_fd: int) -> os.stat_result | None:
     try:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except NotADirectoryError:
-        return None
+
+
+class _Markers:
+    """Overlayfs' markers, read in the namespace of one mount."""
+
+    def __init__(self, prefix: bytes) -> None:
+        self.prefix = prefix
+
+    def get(self, name: bytes, key: str, dir_fd: int, info: os.stat_result) -> bytes | None:
+        """The xattr ``prefix + key`` of an entry, or None."""
+        if stat.S_ISLNK(info.st_mode):
+            return None  # overlayfs keeps no markers on symlinks
+        try:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            return None
+        try:
+            # Through /proc/self/fd: getxattr on the O_PATH fd, following nothing.
+            return os.getxattr(f"/proc/self/fd/{fd}", self.prefix + key.encode())
+        except OSError as error:
+            if error.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
+                raise
+            return None
+        finally:
+            os.close(fd)
+
+    def is_whiteout(self, name: bytes, dir_fd: int, info: os.stat_result) -> bool:
+        if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+            return True
+        # Linux 6.7+: an empty regular file marked as a whiteout by xattr.
+        return (
+            stat.S_ISREG(info.st_mode)
+            and info.st_size == 0
+            and self.get(name, "whiteout", dir_fd, info) is not None
+        )
 
 
 class _Lower:
     """The read-only layers at one directory: the fds of the directories
     that merge there, uppermost first (overlayfs' lower stack)."""
 
-    def __init__(self, fds: list[int]) -> None:
+    def __init__(self, fds: list[int], markers: _Markers) -> None:
         self.fds = fds
+        self.markers = markers
 
     def find(self, name: bytes) -> os.stat_result | None:
         """What the layers show at ``name``: None when nothing (or a whiteout)."""
@@ -148,12 +154,14 @@ class _Lower:
             info = _lstat(name, fd)
             if info is None:
                 continue
-            return None if _is_whiteout(name, fd, info) else info
+            return None if self.markers.is_whiteout(name, fd, info) else info
         return None
 
     def child(self, name: bytes) -> _Lower:
-        """The stack of the subdirectory ``name``."""
+        """The stack of the subdirectory ``name`` (nothing for "." or "..")."""
         fds: list[int] = []
+        if name in (b".", b".."):
+            return _Lower(fds, self.markers)
         for fd in self.fds:
             info = _lstat(name, fd)
             if info is None:
@@ -164,9 +172,9 @@ class _Lower:
                 fds.append(os.open(name, _DIR_FLAGS, dir_fd=fd))
             except OSError:
                 break
-            if _xattr(name, "opaque", fd, info) == b"y":
+            if self.markers.get(name, "opaque", fd, info) == b"y":
                 break
-        return _Lower(fds)
+        return _Lower(fds, self.markers)
 
     def names(self) -> set[bytes]:
         """Every name the layers show here."""
@@ -179,7 +187,7 @@ class _Lower:
                 info = _lstat(entry, fd)
                 if info is None:
                     continue
-                (hidden if _is_whiteout(entry, fd, info) else seen).add(entry)
+                (hidden if self.markers.is_whiteout(entry, fd, info) else seen).add(entry)
         return seen
 
     def close(self) -> None:
@@ -193,31 +201,38 @@ def _entries(dir_fd: int) -> list[bytes]:
     return sorted(os.fsencode(name) for name in os.listdir(dir_fd))
 
 
-def _open_lower(layers: Sequence[bytes]) -> _Lower:
-    fds: list[int] = []
+def _open_lower(layers: Sequence[bytes], markers: _Markers) -> _Lower:
+    lower = _Lower([], markers)
     try:
         for layer in layers:
-            fds.append(os.open(layer, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            lower.fds.append(os.open(layer, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
     except BaseException:
-        _Lower(fds).close()
+        lower.close()
         raise
-    return _Lower(fds)
+    return lower
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
     return parent.rstrip(b"/") + b"/" + name
 
 
+def _parent(path: bytes) -> bytes:
+    return path.rsplit(b"/", 1)[0] or b"/"
+
+
 def _walk(
-    upper_fd: int, layers: Sequence[bytes]
+    upper_fd: int, layers: Sequence[bytes], markers: _Markers
 ) -> Iterator[tuple[bytes, int, bytes, os.stat_result, _Lower]]:
     """(container path, parent dir fd, name, lstat, lower stack of the parent)
     for every entry of the upper, parents before children, in name order.
 
-    The fds yielded are valid until the next step of the iteration.
+    The fds yielded are valid until the next step of the iteration. A
+    directory holds its fds while its entries are walked: a tree as deep as
+    the fd limit allows (about a thousandth of a directory per level per
+    layer) is walked, a deeper one fails with EMFILE.
     """
     top = os.dup(upper_fd)
-    root_lower = _open_lower(layers)
+    root_lower = _open_lower(layers, markers)
     # Each frame: (dir fd, its container path, its lower stack, its entries left).
     frames = [(top, b"/", root_lower, iter(_entries(top)))]
     try:
@@ -238,11 +253,11 @@ def _walk(
                     child_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
                 except OSError:
                     continue  # replaced meanwhile
-                redirect = _xattr(name, "redirect", dir_fd, info)
-                if _xattr(name, "opaque", dir_fd, info) == b"y":
-                    child_lower = _Lower([])
+                redirect = markers.get(name, "redirect", dir_fd, info)
+                if markers.get(name, "opaque", dir_fd, info) == b"y":
+                    child_lower = _Lower([], markers)
                 elif redirect is not None:
-                    child_lower = _redirected(redirect, path, layers)
+                    child_lower = _redirected(redirect, path, layers, markers)
                 else:
                     child_lower = lower.child(name)
                 frames.append((child_fd, _join(path, name), child_lower, iter(_entries(child_fd))))
@@ -252,14 +267,16 @@ def _walk(
             lower.close()
 
 
-def _redirected(redirect: bytes, parent: bytes, layers: Sequence[bytes]) -> _Lower:
+def _redirected(
+    redirect: bytes, parent: bytes, layers: Sequence[bytes], markers: _Markers
+) -> _Lower:
     """The lower stack of a directory renamed from ``redirect`` (absolute, or
-    a name in the same parent)."""
+    a name in the same parent); never above the layers' roots."""
     target = redirect if redirect.startswith(b"/") else _join(parent, redirect)
-    lower = _open_lower(layers)
+    lower = _open_lower(layers, markers)
     try:
         for component in [part for part in target.split(b"/") if part]:
-            child = lower.child(component)
+            child = lower.child(component)  # empty for "." and ".."
             lower.close()
             lower = child
     except BaseException:
@@ -270,27 +287,26 @@ def _redirected(redirect: bytes, parent: bytes, layers: Sequence[bytes]) -> _Low
 
 # The mount points pycontain makes in the writable layer when no layer has
 # them: empty directories the program did not make (what it writes there
-# lands in the mounted filesystem, not in the writable layer).
+# lands in the mounted filesystem, not in the writable layer). Binds and
+# tmpfs mounts add theirs (and the directories made on the way to them).
 MOUNT_POINTS = frozenset({b"/proc", b"/sys", b"/dev"})
 
 
 def read_changes(
-    upper_fd: int, layers: Sequence[bytes], mount_points: frozenset[bytes] = MOUNT_POINTS
+    upper_fd: int,
+    layers: Sequence[bytes],
+    mount_points: Iterable[bytes] = MOUNT_POINTS,
+    prefix: bytes = TRUSTED,
 ) -> list[Change]:
     """The changes recorded in the upper directory ``upper_fd`` over ``layers``
-    (absolute paths, uppermost first), sorted by path; an empty directory
-    added at one of ``mount_points`` is pycontain's, not a change."""
+    (absolute paths, uppermost first), sorted by path. What pycontain made
+    for ``mount_points`` (added empty directories or files there, and the
+    directories on the way that hold nothing else) is not a change."""
+    markers = _Markers(prefix)
     changes: list[Change] = []
-    for path, dir_fd, name, info, lower in _walk(upper_fd, layers):
-        if (
-            path in mount_points
-            and stat.S_ISDIR(info.st_mode)
-            and _is_empty(name, dir_fd)
-            and lower.find(name) is None
-        ):
-            continue
+    for path, dir_fd, name, info, lower in _walk(upper_fd, layers, markers):
         shown = os.fsdecode(path)
-        if _is_whiteout(name, dir_fd, info):
+        if markers.is_whiteout(name, dir_fd, info):
             below = lower.find(name)
             if below is not None:
                 changes.append(Change(shown, "deleted", _kind(below.st_mode)))
@@ -298,32 +314,39 @@ def read_changes(
         kind = _kind(info.st_mode)
         size = info.st_size if kind == "file" else None
         below = lower.find(name)
-        redirect = _xattr(name, "redirect", dir_fd, info) if kind == "dir" else None
+        redirect = markers.get(name, "redirect", dir_fd, info) if kind == "dir" else None
         if redirect is not None:
-            source = (
-                redirect
-                if redirect.startswith(b"/")
-                else _join(path.rsplit(b"/", 1)[0] or b"/", redirect)
-            )
+            source = redirect if redirect.startswith(b"/") else _join(_parent(path), redirect)
             changes.append(Change(shown, "added", kind, size, os.fsdecode(source)))
             continue
         changes.append(Change(shown, "added" if below is None else "modified", kind, size))
-        opaque = kind == "dir" and _xattr(name, "opaque", dir_fd, info) == b"y"
+        opaque = kind == "dir" and markers.get(name, "opaque", dir_fd, info) == b"y"
         if opaque and below is not None and stat.S_ISDIR(below.st_mode):
             changes.extend(_hidden_by_opaque(path, dir_fd, name, lower))
     changes.sort(key=lambda change: os.fsencode(change.path))
-    return changes
+    return _without_mount_points(changes, mount_points)
 
 
-def _is_empty(name: bytes, dir_fd: int) -> bool:
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except OSError:
-        return False
-    try:
-        return not os.listdir(fd)
-    finally:
-        os.close(fd)
+def _without_mount_points(changes: list[Change], mount_points: Iterable[bytes]) -> list[Change]:
+    made = set()
+    for point in mount_points:
+        while point not in (b"/", b""):
+            made.add(point)
+            point = _parent(point)
+    ours = {
+        change.path
+        for change in changes
+        if change.action == "added"
+        and os.fsencode(change.path) in made
+        and (change.kind == "dir" or (change.kind == "file" and change.size == 0))
+    }
+    if not ours:
+        return changes
+    # Pycontain's only if nothing the program did lies beneath it.
+    for change in changes:
+        if change.path not in ours:
+            ours = {path for path in ours if not change.path.startswith(path + "/")}
+    return [change for change in changes if change.path not in ours]
 
 
 def _hidden_by_opaque(path: bytes, dir_fd: int, name: bytes, lower: _Lower) -> list[Change]:
@@ -347,15 +370,82 @@ def _hidden_by_opaque(path: bytes, dir_fd: int, name: bytes, lower: _Lower) -> l
         below.close()
 
 
+# -- copying a file the program may still be changing -----------------------------------------
+
+
+def _copy_file(
+    source_dir: int, name: bytes, target_dir: int, target_name: bytes, mode: int
+) -> None:
+    """Copy a regular file to a new file of mode ``mode``, holes kept.
+
+    The source is opened without following a symlink and without blocking
+    (a fifo put in its place would block an open for ever), and must still be
+    a regular file. Only the data is copied, around the holes: a sparse file
+    takes no more room in the copy than in the writable layer.
+    """
+    source = os.open(
+        name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=source_dir
+    )
+    try:
+        info = os.fstat(source)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(
+                errno.ESTALE,
+                "pycontain: replaced by a non-file while being copied",
+                os.fsdecode(name),
+            )
+        target = os.open(
+            target_name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=target_dir,
+        )
+        try:
+            _copy_data(source, target, info.st_size)
+            os.ftruncate(target, info.st_size)
+            os.fchmod(target, mode)
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+
+
+def _copy_data(source: int, target: int, size: int) -> None:
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(source, offset, os.SEEK_DATA)
+        except OSError as error:
+            if error.errno == errno.ENXIO:
+                return  # only a hole is left
+            raise
+        end = min(os.lseek(source, start, os.SEEK_HOLE), size)
+        while start < end:
+            try:
+                copied = os.copy_file_range(source, target, end - start, start, start)
+            except OSError as error:
+                # Across filesystems before Linux 5.19, or where unsupported.
+                if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                chunk = os.pread(source, min(end - start, 1 << 20), start)
+                copied = os.pwrite(target, chunk, start) if chunk else 0
+            if copied == 0:
+                return  # the file shrank meanwhile
+            start += copied
+        offset = end
+
+
 # -- commit: the upper as a layer of its own -------------------------------------------------
 
 # Overlayfs' own bookkeeping xattrs are not copied: they name inodes of the
 # original layers (origin, impure, ...). Only the markers that make the copy
-# stack correctly (opaque, and the xattr whiteout forms) and user xattrs are.
-_KEPT_OVERLAY_XATTRS = (b"opaque", b"whiteout", b"whiteouts")
+# stack correctly (opaque, and the xattr whiteout forms) and the program's
+# user.* xattrs are.
+_KEPT_MARKERS = (b"opaque", b"whiteout", b"whiteouts")
+_SET_ID = stat.S_ISUID | stat.S_ISGID
 
 
-def _copy_xattrs(source_fd: int, target_fd: int) -> None:
+def _copy_xattrs(source_fd: int, target_fd: int, markers: _Markers) -> None:
     source, target = f"/proc/self/fd/{source_fd}", f"/proc/self/fd/{target_fd}"
     try:
         names = os.listxattr(source)
@@ -365,100 +455,88 @@ def _copy_xattrs(source_fd: int, target_fd: int) -> None:
         raise
     for name in names:
         raw = name.encode()
-        keep = raw.startswith(b"user.") and not raw.startswith(b"user.overlay.")
-        for prefix in _XATTR_PREFIXES:
-            if raw.startswith(prefix):
-                keep = raw[len(prefix) :] in _KEPT_OVERLAY_XATTRS
-                if raw[len(prefix) :] in (b"metacopy", b"redirect"):
-                    raise ValueError(
-                        "commit: the writable layer uses overlayfs' metacopy or redirect_dir "
-                        "(data or directories that stay in the layers below); pycontain "
-                        "cannot make a standalone layer of it"
-                    )
+        if raw.startswith(markers.prefix):
+            marker = raw[len(markers.prefix) :]
+            if marker in (b"metacopy", b"redirect"):
+                raise ValueError(
+                    "commit: the writable layer uses overlayfs' metacopy or redirect_dir "
+                    "(data or directories that stay in the layers below); pycontain "
+                    "cannot make a standalone layer of it"
+                )
+            keep = marker in _KEPT_MARKERS
+        else:
+            # Never an overlay marker of the other namespace: a later mount
+            # with userxattr would obey what the program wrote.
+            keep = raw.startswith(b"user.") and not raw.startswith(USER)
         if keep:
             os.setxattr(target, name, os.getxattr(source, name))
 
 
-def _copy_metadata(info: os.stat_result, name: bytes, dir_fd: int, *, symlink: bool) -> None:
-    if os.geteuid() == 0:
-        os.chown(name, info.st_uid, info.st_gid, dir_fd=dir_fd, follow_symlinks=False)
-    if not symlink:
-        os.chmod(name, stat.S_IMODE(info.st_mode), dir_fd=dir_fd)
-    os.utime(name, ns=(info.st_atime_ns, info.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
-
-
-def _copy_file(source_dir: int, name: bytes, target_dir: int, target_name: bytes) -> None:
-    """Copy a regular file's data to a new file (mode 0600 until the caller sets it)."""
-    source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=source_dir)
-    try:
-        target = os.open(
-            target_name,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=target_dir,
-        )
-        try:
-            try:
-                while os.copy_file_range(source, target, 1 << 30):
-                    pass
-            except OSError as error:
-                # Across filesystems before Linux 5.19, or where unsupported.
-                if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                while chunk := os.read(source, 1 << 20):
-                    os.write(target, chunk)
-        finally:
-            os.close(target)
-    finally:
-        os.close(source)
-
-
-def _copy_entry(
-    dir_fd: int,
-    name: bytes,
-    info: os.stat_result,
-    target_dir: int,
-    links: dict[tuple[int, int], tuple[int, bytes]],
-) -> None:
-    """Copy one upper entry (not a directory) to ``target_dir``, keeping hard links."""
-    key = (info.st_dev, info.st_ino)
-    if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode) and key in links:
-        first_dir, first_name = links[key]
-        os.link(
-            first_name, name, src_dir_fd=first_dir, dst_dir_fd=target_dir, follow_symlinks=False
-        )
-        return
-    mode = info.st_mode
-    if stat.S_ISREG(mode):
-        _copy_file(dir_fd, name, target_dir, name)
-    elif stat.S_ISLNK(mode):
-        os.symlink(os.readlink(name, dir_fd=dir_fd), name, dir_fd=target_dir)
-    else:  # devices (whiteouts among them), fifos, sockets
-        os.mknod(name, mode, info.st_rdev, dir_fd=target_dir)
-    if not stat.S_ISLNK(mode):
-        _copy_entry_xattrs(dir_fd, name, target_dir)
-    _copy_metadata(info, name, target_dir, symlink=stat.S_ISLNK(mode))
-    if info.st_nlink > 1:
-        links[key] = (os.dup(target_dir), name)
-
-
-def _copy_entry_xattrs(dir_fd: int, name: bytes, target_dir: int) -> None:
+def _copy_entry_xattrs(dir_fd: int, name: bytes, target_dir: int, markers: _Markers) -> None:
     source = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         target = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=target_dir)
         try:
-            _copy_xattrs(source, target)
+            _copy_xattrs(source, target, markers)
         finally:
             os.close(target)
     finally:
         os.close(source)
 
 
-def commit(upper_fd: int, destination: bytes) -> None:
+def _copy_owner_and_times(info: os.stat_result, name: bytes, dir_fd: int) -> None:
+    if os.geteuid() == 0:
+        os.chown(name, info.st_uid, info.st_gid, dir_fd=dir_fd, follow_symlinks=False)
+    os.utime(name, ns=(info.st_atime_ns, info.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+
+class _Staging:
+    """The directories of a commit being written, open only along the current
+    path of the walk (its fds stay as few as the tree is deep)."""
+
+    def __init__(self, root_fd: int) -> None:
+        # (container path, fd, the upper's lstat of it, for its metadata)
+        self.open: list[tuple[bytes, int, os.stat_result | None]] = [(b"/", root_fd, None)]
+
+    def directory(self, path: bytes) -> int:
+        """The fd of directory ``path``, closing the ones the walk has left."""
+        while self.open[-1][0] != path:
+            self._leave()
+        return self.open[-1][1]
+
+    def enter(self, path: bytes, fd: int, info: os.stat_result) -> None:
+        self.open.append((path, fd, info))
+
+    def _leave(self) -> None:
+        # Its mode and times last: copying into it changed its times, and
+        # its mode may not allow the copying.
+        path, fd, info = self.open.pop()
+        assert info is not None
+        os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~_SET_ID)
+        _copy_owner_and_times(info, path.rsplit(b"/", 1)[1], self.open[-1][1])
+        os.close(fd)
+
+    def finish(self) -> None:
+        while len(self.open) > 1:
+            self._leave()
+
+    def close(self) -> None:
+        for _, fd, _ in self.open[1:]:
+            os.close(fd)
+        self.open[1:] = []
+
+
+def commit(upper_fd: int, destination: bytes, prefix: bytes = TRUSTED) -> None:
     """Copy the upper directory to ``destination`` (which must not exist), as a
     layer: whiteouts and opaque directories kept, so that stacked above the
     same layers it shows what the program saw. Written beside it first and
-    renamed into place, so ``destination`` appears whole or not at all."""
+    renamed into place, so ``destination`` appears whole or not at all.
+
+    What the program made must not become a privilege on the host: set-user-ID
+    and set-group-ID bits are dropped, and device nodes other than whiteouts
+    are left out (pycontain mounts layers nosuid, nodev: they meant nothing).
+    """
+    markers = _Markers(prefix)
     destination = os.path.abspath(destination)
     parent, name = os.path.split(destination)
     if os.path.lexists(destination):
@@ -468,46 +546,65 @@ def commit(upper_fd: int, destination: bytes) -> None:
     staging = os.fsencode(
         tempfile.mkdtemp(prefix=f".{os.fsdecode(name)}.pycontain-commit-", dir=os.fsdecode(parent))
     )
-    links: dict[tuple[int, int], tuple[int, bytes]] = {}
     try:
         staging_fd = os.open(staging, _DIR_FLAGS)
-        targets = {b"/": staging_fd}
         try:
-            top = os.dup(upper_fd)
-            try:
-                top_info = os.fstat(top)
-                os.chmod(staging_fd, stat.S_IMODE(top_info.st_mode))
-                _copy_xattrs(top, staging_fd)
-                if os.geteuid() == 0:
-                    os.chown(staging_fd, top_info.st_uid, top_info.st_gid)
-            finally:
-                os.close(top)
-            directories: list[tuple[bytes, os.stat_result]] = []
-            for path, dir_fd, entry, info, _ in _walk(upper_fd, ()):
-                parent_path = path.rsplit(b"/", 1)[0] or b"/"
-                target_dir = targets[parent_path]
-                if stat.S_ISDIR(info.st_mode):
-                    os.mkdir(entry, 0o700, dir_fd=target_dir)
-                    targets[path] = os.open(entry, _DIR_FLAGS, dir_fd=target_dir)
-                    _copy_entry_xattrs(dir_fd, entry, target_dir)
-                    directories.append((path, info))
-                else:
-                    _copy_entry(dir_fd, entry, info, target_dir, links)
-            # Directory modes and times last: copying into them changed both.
-            for path, info in reversed(directories):
-                parent_path, entry = path.rsplit(b"/", 1)
-                _copy_metadata(info, entry, targets[parent_path or b"/"], symlink=False)
+            _commit_into(upper_fd, staging_fd, markers)
         finally:
-            for fd in targets.values():
-                os.close(fd)
-            for fd, _ in links.values():
-                os.close(fd)
+            os.close(staging_fd)
         os.rename(staging, destination)
     except BaseException:
         import shutil
 
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _commit_into(upper_fd: int, staging_fd: int, markers: _Markers) -> None:
+    top = os.fstat(upper_fd)
+    os.fchmod(staging_fd, stat.S_IMODE(top.st_mode) & ~_SET_ID)
+    if os.geteuid() == 0:
+        os.fchown(staging_fd, top.st_uid, top.st_gid)
+    _copy_xattrs(upper_fd, staging_fd, markers)
+    # Hard links: the first copy's path (relative to the staging root), by
+    # the upper's (device, inode).
+    links: dict[tuple[int, int], bytes] = {}
+    staging = _Staging(staging_fd)
+    try:
+        for path, dir_fd, entry, info, _ in _walk(upper_fd, (), markers):
+            target_dir = staging.directory(_parent(path))
+            mode = info.st_mode
+            key = (info.st_dev, info.st_ino)
+            if stat.S_ISDIR(mode):
+                os.mkdir(entry, 0o700, dir_fd=target_dir)
+                _copy_entry_xattrs(dir_fd, entry, target_dir, markers)
+                staging.enter(path, os.open(entry, _DIR_FLAGS, dir_fd=target_dir), info)
+                continue
+            if info.st_nlink > 1 and key in links:
+                os.link(
+                    links[key],
+                    entry,
+                    src_dir_fd=staging_fd,
+                    dst_dir_fd=target_dir,
+                    follow_symlinks=False,
+                )
+                continue
+            if stat.S_ISREG(mode):
+                _copy_file(dir_fd, entry, target_dir, entry, stat.S_IMODE(mode) & ~_SET_ID)
+            elif stat.S_ISLNK(mode):
+                os.symlink(os.readlink(entry, dir_fd=dir_fd), entry, dir_fd=target_dir)
+            elif markers.is_whiteout(entry, dir_fd, info) or stat.S_ISFIFO(mode):
+                os.mknod(entry, mode & ~_SET_ID, info.st_rdev, dir_fd=target_dir)
+            else:
+                continue  # a device node or a socket: nothing of a layer
+            if not stat.S_ISLNK(mode):
+                _copy_entry_xattrs(dir_fd, entry, target_dir, markers)
+            _copy_owner_and_times(info, entry, target_dir)
+            if info.st_nlink > 1:
+                links[key] = path.lstrip(b"/")
+        staging.finish()
+    finally:
+        staging.close()
 
 
 # -- apply_to: chosen changes onto a host directory --------------------------------------------
@@ -584,13 +681,13 @@ def apply_to(
     renamed into place), directories made, deleted paths removed. Device
     nodes, fifos and sockets are not applied, and set-user-ID and
     set-group-ID bits are dropped: what a program made must not become a
-    privilege on the host. Nothing is followed through a symlink, in the
-    upper or in ``host_dir``.
+    privilege on the host. Nothing below ``host_dir`` or in the upper is
+    followed through a symlink.
     """
     chosen = _selector(select)
     applied = []
     host_fd = os.open(host_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    # Parent directories opened once each (changes come sorted, parents first).
+    # Parent directories, opened once each while they are in use.
     upper_dirs: dict[tuple[bytes, ...], int] = {}
     host_dirs: dict[tuple[bytes, ...], int] = {}
 
@@ -598,6 +695,8 @@ def apply_to(
         cache: dict[tuple[bytes, ...], int], root: int, parts: tuple[bytes, ...], create: bool
     ) -> int:
         if parts not in cache:
+            if len(cache) >= _OPEN_DIRECTORIES:
+                _close_all(cache)  # few fds, whatever the tree
             cache[parts] = _open_beneath(root, parts, create)
         return cache[parts]
 
@@ -625,30 +724,44 @@ def apply_to(
                     os.close(cache.pop(key))
             applied.append(change)
     finally:
-        for fd in [*upper_dirs.values(), *host_dirs.values()]:
-            os.close(fd)
+        _close_all(upper_dirs)
+        _close_all(host_dirs)
         os.close(host_fd)
     return applied
 
 
+_OPEN_DIRECTORIES = 16  # per cache: the upper's and host_dir's
+
+
+def _close_all(cache: dict[tuple[bytes, ...], int]) -> None:
+    for fd in cache.values():
+        os.close(fd)
+    cache.clear()
+
+
 def _apply_one(source_dir: int, target_dir: int, name: bytes, change: Change) -> None:
     info = os.stat(name, dir_fd=source_dir, follow_symlinks=False)
-    mode = stat.S_IMODE(info.st_mode) & ~(stat.S_ISUID | stat.S_ISGID)
+    mode = stat.S_IMODE(info.st_mode) & ~_SET_ID
     existing = _lstat(name, target_dir)
     if change.kind == "dir":
         if existing is not None and not stat.S_ISDIR(existing.st_mode):
             os.unlink(name, dir_fd=target_dir)
             existing = None
         if existing is None:
-            os.mkdir(name, mode, dir_fd=target_dir)
-        os.chmod(name, mode, dir_fd=target_dir)
+            os.mkdir(name, 0o700, dir_fd=target_dir)
+        # Through an fd opened without following: the name may have been
+        # swapped for a symlink by anyone who can write host_dir.
+        made = os.open(name, _DIR_FLAGS, dir_fd=target_dir)
+        try:
+            os.fchmod(made, mode)
+        finally:
+            os.close(made)
         return
     temporary = b".pycontain-apply-" + os.urandom(6).hex().encode() + b"-" + name[:64]
     if change.kind == "symlink":
         os.symlink(os.readlink(name, dir_fd=source_dir), temporary, dir_fd=target_dir)
     else:
-        _copy_file(source_dir, name, target_dir, temporary)
-        os.chmod(temporary, mode, dir_fd=target_dir)
+        _copy_file(source_dir, name, target_dir, temporary, mode)
     if existing is not None and stat.S_ISDIR(existing.st_mode):
         _remove(target_dir, name)
     os.rename(temporary, name, src_dir_fd=target_dir, dst_dir_fd=target_dir)

@@ -327,9 +327,20 @@ class Container:
             raise ValueError("Container.changes() needs a writedir (see Process.changes())")
         upper = os.open(self._plan.writedir_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            return _changes.report(upper, self._plan.layer_paths, format)
+            return _changes.report(upper, self._plan.layer_paths, self._mount_points(), format)
         finally:
             os.close(upper)
+
+    def _mount_points(self) -> frozenset[bytes]:
+        """Where pycontain mounts in the writable layer (not the program's changes)."""
+        from . import _changes
+
+        mounts = self._plan.mounts
+        return (
+            _changes.MOUNT_POINTS
+            | {target for _, target, _ in mounts.binds}
+            | {target for target, _, _ in mounts.tmpfs}
+        )
 
     # -- value semantics ----------------------------------------------------
 

@@ -192,10 +192,10 @@ class Process:
             raise
         prepared.pass_fds = passed
         prepared.stdio = (streams.child[0], streams.child[1], streams.child[2])
-        if container.netns_pool:
-            _netns.ensure_pool()
         cgroup = None
         try:
+            if container.netns_pool:
+                _netns.ensure_pool()
             if container._plan.limits is not None:
                 cgroup = _cgroup.create(container._plan.limits)
             self.pid, self._pidfd, self._mntns_fd = _spawn.spawn(
@@ -445,7 +445,9 @@ class Process:
         """
         _changes.check_format(format)  # before anything else can fail
         with self._upper() as upper:
-            return _changes.report(upper, self.container._plan.layer_paths, format)
+            return _changes.report(
+                upper, self.container._plan.layer_paths, self.container._mount_points(), format
+            )
 
     def commit(self, path: StrOrBytesPath) -> StrOrBytesPath:
         """Copy the writable layer to ``path`` (which must not exist) as a new layer.
@@ -471,7 +473,9 @@ class Process:
         changes applied.
         """
         with self._upper() as upper:
-            found = _changes.read_changes(upper, self.container._plan.layer_paths)
+            found = _changes.read_changes(
+                upper, self.container._plan.layer_paths, self.container._mount_points()
+            )
             return _changes.apply_to(upper, found, _spawn.to_bytes(host_dir, "host_dir"), select)
 
     @contextlib.contextmanager

@@ -14,6 +14,7 @@ import os
 import resource
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -626,10 +627,17 @@ def _receive_upper(ours: socket.socket) -> int:
     is queued already: never wait for it.
     """
     try:
-        _, fds, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return -1
-    return fds[0] if fds else -1
+        # recvmsg rather than socket.recv_fds, which drops the flags on
+        # Python 3.11: the fd close-on-exec from the start, no waiting.
+        _, ancillary, _, _ = ours.recvmsg(
+            1, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
+        )
+    except OSError:
+        return -1  # never raise here: the container runs, and its Process must own it
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4:
+            return int.from_bytes(data[:4], sys.byteorder)
+    return -1
 
 
 # Steps that mount onto a path inside the container, which the C core opens

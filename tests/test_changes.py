@@ -320,10 +320,16 @@ def test_a_forked_child_does_not_keep_the_writedir_locked(rootfs, tmp_path):
     (tmp_path / "w").mkdir()
     box = Container(layers=[rootfs], writedir=tmp_path / "w")
     process = box.spawn(["/bin/sleep", "30"], env=BB_ENV)
+    ready, told = os.pipe()
     pid = os.fork()
     if pid == 0:
+        # The at-fork handlers (which close the copy) ran before this line.
+        os.write(told, b"x")
         time.sleep(5)
         os._exit(0)
+    os.close(told)
+    assert os.read(ready, 1) == b"x"
+    os.close(ready)
     try:
         process.kill()
         process.wait(TIMEOUT)
@@ -399,3 +405,126 @@ def test_container_changes_reads_a_kept_writedir(rootfs, base, tmp_path):
     assert box.changes(format="docker") == ["C /etc", "D /etc/b", "A /two"]
     with pytest.raises(ValueError, match="writedir"):
         Container(layers=[rootfs]).changes()
+
+
+# -- a hostile writable layer against the readers (review findings) ------------------------------
+
+
+def test_a_fifo_swapped_in_does_not_block_apply_to(rootfs, base, tmp_path):
+    from pycontain import _changes
+
+    process, changes = run_changes(rootfs, base, tmp_path, "echo x > /f1")
+    host = tmp_path / "host"
+    host.mkdir()
+    # As the still-running program could, between the read and the copy.
+    os.unlink(tmp_path / "w" / "f1")
+    os.mkfifo(tmp_path / "w" / "f1")
+    upper = os.open(tmp_path / "w", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with process, pytest.raises(OSError, match="replaced by a non-file"):
+            _changes.apply_to(upper, changes, os.fsencode(host), None)
+    finally:
+        os.close(upper)
+
+
+def test_sparse_files_stay_sparse(rootfs, base, tmp_path):
+    size = 64 << 20
+    process, changes = run_changes(
+        rootfs,
+        base,
+        tmp_path,
+        f"echo head > /sparse; truncate -s {size} /sparse; echo x >> /sparse",
+    )
+    host = tmp_path / "host"
+    host.mkdir()
+    with process:
+        process.commit(tmp_path / "layer")
+        process.apply_to(host)
+    for copy in (tmp_path / "layer" / "sparse", host / "sparse"):
+        info = os.stat(copy)
+        assert info.st_size == size + 2
+        assert info.st_blocks * 512 < 1 << 20, f"{copy} is dense"
+    with open(host / "sparse", "rb") as f:
+        assert f.read(5) == b"head\n"
+        f.seek(size)
+        assert f.read() == b"x\n"
+
+
+def test_commit_and_apply_to_within_a_small_fd_limit(rootfs, base, tmp_path):
+    import resource
+
+    script = "for i in $(seq 300); do mkdir /d$i; echo $i > /d$i/f; done"
+    process, changes = run_changes(rootfs, base, tmp_path, script)
+    host = tmp_path / "host"
+    host.mkdir()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+    try:
+        with process:
+            process.commit(tmp_path / "layer")
+            applied = process.apply_to(host)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(applied) == len(changes) == 600
+    assert (host / "d300" / "f").read_text() == "300\n"
+    assert (tmp_path / "layer" / "d17" / "f").read_text() == "17\n"
+
+
+def test_commit_drops_set_id_bits_and_device_nodes(tmp_path, host_root):
+    state = tmp_path / "w"
+    state.mkdir()
+    box = Container(layers=[host_root], writedir=state, capabilities=["mknod", "chown", "fowner"])
+    script = "echo x > /suid; chmod 6755 /suid; mknod /disk b 7 0; mkfifo /fifo; rm /etc/hostname"
+    with box.spawn(["/bin/sh", "-ec", script]) as process:
+        assert process.wait(TIMEOUT) == 0
+        process.commit(tmp_path / "layer")
+    layer = tmp_path / "layer"
+    assert stat.S_IMODE(os.stat(layer / "suid").st_mode) == 0o755
+    assert not (layer / "disk").exists()
+    assert stat.S_ISFIFO(os.stat(layer / "fifo").st_mode)
+    assert is_whiteout(layer / "etc" / "hostname")
+
+
+def test_forged_user_overlay_markers_mean_nothing_as_root(tmp_path, host_root):
+    # In a mount by root, user.overlay.* is the program's data: a forged
+    # redirect must not make changes() look above the layers.
+    state = tmp_path / "w"
+    state.mkdir()
+    box = Container(layers=[host_root], writedir=state)
+    script = (
+        "import os; os.mkdir('/forged'); "
+        "os.setxattr('/forged', 'user.overlay.redirect', b'/../../../etc'); "
+        "open('/forged/passwd', 'w').close()"
+    )
+    with box.spawn([sys.executable, "-c", script]) as process:
+        assert process.wait(TIMEOUT) == 0
+        changes = process.changes()
+        process.commit(tmp_path / "layer")
+    assert [(c.path, c.action, c.renamed_from) for c in changes] == [
+        ("/forged", "added", None),
+        ("/forged/passwd", "added", None),
+    ]
+    assert "user.overlay.redirect" not in os.listxattr(tmp_path / "layer" / "forged")
+
+
+def test_the_kept_upper_fd_is_close_on_exec(rootfs):
+    import fcntl
+
+    box = Container(layers=[rootfs], keep_upper=True)
+    with box.spawn(["/bin/true"], env=BB_ENV) as process:
+        process.wait(TIMEOUT)
+        assert fcntl.fcntl(process._kept_upper, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+
+
+def test_bind_and_tmpfs_mount_points_are_not_changes(rootfs, base, tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    (tmp_path / "w").mkdir()
+    box = Container(
+        layers=[base, rootfs],
+        writedir=tmp_path / "w",
+        binds=[(source, "/srv/data")],
+        tmpfs=["/scratch"],
+    )
+    box.run(["/bin/sh", "-c", "echo x > /scratch/x; echo y > /mine"], env=BB_ENV, check=True)
+    assert box.changes(format="docker") == ["A /mine"]

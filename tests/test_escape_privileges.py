@@ -393,3 +393,28 @@ def test_setuid_binary_gives_no_privileges_to_a_non_root_uid(host_root):
     euid, capabilities = out.split(" ", 1)
     assert euid == "1000"
     assert set(ast.literal_eval(capabilities)) == {"0000000000000000"}  # Inh Prm Eff Bnd Amb
+
+
+def test_dev_is_read_only_even_with_cap_mknod(host_root):
+    # /dev must allow device nodes (it is not nodev): were it writable, a
+    # program given CAP_MKNOD could make one for any host device there.
+    done = pycontain.run(
+        ["/bin/sh", "-c", "mknod /dev/mem2 c 1 1; echo $?; mknod /tmp/mem2 c 1 1 && cat /tmp/mem2"],
+        layers=[host_root],
+        capabilities=["mknod"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.stdout.splitlines()[0] != "0"
+    assert "Read-only file system" in done.stderr
+    # Elsewhere the node can be made, but nodev keeps it closed.
+    assert "Permission denied" in done.stderr or "Operation not permitted" in done.stderr
+    assert (
+        pycontain.run(
+            ["/bin/sh", "-c", "echo x > /dev/shm/x && cat /dev/shm/x"],
+            layers=[host_root],
+            capture_output=True,
+            text=True,
+        ).stdout
+        == "x\n"
+    )
