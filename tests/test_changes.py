@@ -429,7 +429,7 @@ def test_a_fifo_swapped_in_does_not_block_apply_to(rootfs, base, tmp_path):
 
 def test_sparse_files_stay_sparse(rootfs, base, tmp_path):
     size = 64 << 20
-    process, changes = run_changes(
+    process, _ = run_changes(
         rootfs,
         base,
         tmp_path,
