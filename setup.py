@@ -18,11 +18,19 @@ if not sys.platform.startswith("linux"):
 extra_compile_args = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wshadow", "-fvisibility=hidden"]
 if os.environ.get("PYCONTAIN_WERROR") == "1":
     extra_compile_args.append("-Werror")
-# UBSan build for ./run.sh sanitize. Not ASan: the child runs on a stack of
-# its own in the parent's address space (CLONE_VM), which ASan cannot track.
-sanitize = os.environ.get("PYCONTAIN_SANITIZE") == "1"
-if sanitize:
+# Fault injection (csrc/faults.h) for the test builds of ./run.sh only.
+if os.environ.get("PYCONTAIN_FAULTS") == "1":
+    extra_compile_args.append("-DPC_FAULTS")
+# UBSan build for ./run.sh sanitize (PYCONTAIN_SANITIZE=1); ASan for
+# ./run.sh asan (PYCONTAIN_SANITIZE=address), which runs only the tests that
+# stay off the CLONE_VM child: that child runs on a stack of its own in the
+# parent's address space, which ASan cannot track.
+sanitize = os.environ.get("PYCONTAIN_SANITIZE", "")
+sanitizer = {"1": "undefined", "address": "address"}.get(sanitize)
+if sanitizer == "undefined":
     extra_compile_args += ["-fsanitize=undefined", "-fno-sanitize-recover=undefined", "-O1"]
+elif sanitizer == "address":
+    extra_compile_args += ["-fsanitize=address", "-fno-omit-frame-pointer", "-O1"]
 
 core = Extension(
     "pycontain._core",
@@ -30,7 +38,7 @@ core = Extension(
     include_dirs=["csrc"],
     depends=sorted(glob.glob("csrc/*.h")),
     extra_compile_args=extra_compile_args,
-    extra_link_args=["-fsanitize=undefined"] if sanitize else [],
+    extra_link_args=[f"-fsanitize={sanitizer}"] if sanitizer else [],
 )
 
 setup(ext_modules=[core])

@@ -106,7 +106,7 @@ def spawn_traced(
     stamps["removed"] = time.monotonic_ns()
     os.close(pidfd)
     if mount_namespace >= 0:
-        _core.release(mount_namespace)  # as Process does: unmounts on the worker
+        _core.release(mount_namespace, True)  # as Process does: unmounts on the worker
     stamps.update({name: trace[index] for index, name in enumerate(names) if trace[index]})
     return stamps
 

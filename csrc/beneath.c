@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "nocancel.h"
 
 #ifndef SYS_openat2
 #define SYS_openat2 437
@@ -131,7 +132,7 @@ static int check_node(int fd, int last, enum pc_node kind)
 static int open_component(int dir, const char *name, int last, enum pc_node kind, int create,
                           mode_t mode)
 {
-    int fd = openat(dir, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    int fd = pc_openat_nocancel(dir, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 
     if (fd >= 0 || errno != ENOENT || !create)
         return fd;
@@ -141,7 +142,7 @@ static int open_component(int dir, const char *name, int last, enum pc_node kind
     } else if (mkdirat(dir, name, last ? mode : 0755) < 0 && errno != EEXIST) {
         return -1;
     }
-    return openat(dir, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    return pc_openat_nocancel(dir, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 }
 
 /* The fallback, and how missing components get created: one component at
@@ -176,7 +177,7 @@ static int walk(int base, const char *path, enum pc_node kind, int create, mode_
         if (fd < 0 || check_node(fd, last, kind) < 0)
             goto fail;
         if (dir != base)
-            close(dir);
+            pc_close_nocancel(dir);
         dir = fd;
         fd = -1;
     }
@@ -188,9 +189,9 @@ fail:
         int saved = errno;
 
         if (fd >= 0)
-            close(fd);
+            pc_close_nocancel(fd);
         if (dir != base)
-            close(dir);
+            pc_close_nocancel(dir);
         errno = saved;
         return -1;
     }
@@ -238,7 +239,7 @@ int pc_open_beneath(int base, const char *path, enum pc_node kind, int create, m
         if (check_node(fd, 1, kind) < 0) {
             int saved = errno;
 
-            close(fd);
+            pc_close_nocancel(fd);
             errno = saved;
             return -1;
         }
@@ -263,9 +264,9 @@ int pc_mount_beneath(int base, const char *path, enum pc_node kind, mode_t mode,
     if (pc_mount_on_fd(source, fd, fstype, flags, data) < 0) {
         int saved = errno;
 
-        close(fd);
+        pc_close_nocancel(fd);
         return pc_fail(err, step, saved, path);
     }
-    close(fd);
+    pc_close_nocancel(fd);
     return 0;
 }

@@ -20,13 +20,14 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "nocancel.h"
 
 int pc_binds_open_sources(const struct pc_spawn_request *request, struct pc_error *err)
 {
     for (size_t i = 0; i < request->bind_count; i++) {
         const struct pc_bind *bind = &request->binds[i];
         struct stat checked, now;
-        int reopened = open(bind->source, O_PATH | O_CLOEXEC), failed = 0;
+        int reopened = pc_open_nocancel(bind->source, O_PATH | O_CLOEXEC), failed = 0;
 
         if (reopened < 0)
             return pc_fail(err, PC_STEP_OPEN_BIND, errno, bind->source);
@@ -36,7 +37,7 @@ int pc_binds_open_sources(const struct pc_spawn_request *request, struct pc_erro
             failed = ESTALE; /* the caller checked another file */
         else if (dup3(reopened, bind->source_fd, O_CLOEXEC) < 0)
             failed = errno;
-        close(reopened);
+        pc_close_nocancel(reopened);
         if (failed != 0)
             return pc_fail(err, PC_STEP_OPEN_BIND, failed, bind->source);
     }
@@ -70,7 +71,7 @@ static int mount_bind(const struct pc_bind *bind, const struct pc_root *root, st
         return pc_fail(err, PC_STEP_MOUNT_BIND, errno, bind->target);
     if (pc_mount_on_fd(NULL, target, NULL, flags, NULL) < 0)
         failed = errno;
-    close(target);
+    pc_close_nocancel(target);
     return failed == 0 ? 0 : pc_fail(err, PC_STEP_MOUNT_BIND, failed, bind->target);
 }
 

@@ -2,10 +2,14 @@
  *
  * Runs between clone and exec: async-signal-safe only. It shares the
  * parent's memory (CLONE_VM) while the parent thread sleeps (CLONE_VFORK),
- * so it reads what the parent prepared, writes only its own stack, and never
- * allocates, locks, or calls into Python. Any failure is sent to the parent
- * as one message over the close-on-exec error pipe, then the child exits; a
- * successful exec closes the pipe instead.
+ * so it reads what the parent prepared and never allocates, locks, or calls
+ * into Python. It writes its own stack and, through the thread pointer it
+ * shares with the parent thread, that thread's errno (the parent reads it
+ * only after clone returns) and, when tracing, the request's trace stamps.
+ * It uses raw system calls where libc's are cancellation points
+ * (nocancel.h). Any failure is sent to the parent as one message over the
+ * close-on-exec error pipe, then the child exits; a successful exec closes
+ * the pipe instead.
  *
  * On the fork path (forkspawn.c) the same steps run in a forked copy of the
  * caller, and only there may hooks run caller code.
@@ -17,7 +21,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "faults.h"
 #include "internal.h"
+#include "nocancel.h"
 
 /* The child shares the parent's memory but has its own copy of the signal
  * handlers. A handler inherited from the parent (Python's, say) would run
@@ -94,9 +100,13 @@ static int run_hook(const struct pc_child_args *args, enum pc_hook hook, struct 
 
     if (hooks == NULL || !(hooks->points & (1U << hook)))
         return 0;
-    pc_send(args->error_fd, PC_MESSAGE_HOOK_ENTER, hook);
+    pc_fault_delay(PC_FAULT_BEFORE_HOOK);
+    if (pc_send(args->error_fd, PC_MESSAGE_HOOK_ENTER, hook) < 0)
+        return pc_fail(err, hook == PC_HOOK_PRE_PIVOT ? PC_STEP_PRE_PIVOT : PC_STEP_PRE_EXEC, errno,
+                       "channel");
     if (hooks->run(hooks->context, hook, err) < 0)
         return -1;
+    pc_fork_after_hook(args);
     pc_send(args->error_fd, PC_MESSAGE_HOOK_LEAVE, hook);
     return 0;
 }
@@ -125,7 +135,7 @@ static __attribute__((noreturn)) void run_as_program(const struct pc_child_args 
         pc_trace(request, (step));                                                                 \
     } while (0)
 
-static int run_steps(const struct pc_child_args *args, struct pc_error *err)
+static int run_steps(struct pc_child_args *args, struct pc_error *err)
 {
     const struct pc_spawn_request *request = args->request;
     struct pc_root root = {
@@ -139,6 +149,9 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
     mode_t caller_umask = umask(0);
 
     pc_trace(request, PC_STEP_NONE);
+    /* Fork path: wait until the caller holds our pidfd; die with it. */
+    if (pc_fork_container_start(args, err) < 0)
+        return -1;
     /* First, so that all the container does, its own set-up too, is limited and counted. */
     STEP(PC_STEP_JOIN_CGROUP, pc_cgroup_join(args, err));
     STEP(PC_STEP_SIGNALS, reset_signal_handlers(args, err));
@@ -175,6 +188,9 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
         return pc_fail(err, PC_STEP_CHDIR, errno, request->cwd);
     STEP(PC_STEP_STDIO, pc_fds_setup_stdio(request, err));
     STEP(PC_STEP_PRE_EXEC, run_hook(args, PC_HOOK_PRE_EXEC, err));
+    /* Fork path: report the exec on a pipe no process a hook made holds. */
+    if (pc_fork_exec_channel(args, err) < 0)
+        return -1;
     /* From here on nothing runs caller code: hooks keep the caller's keys
      * and every capability. The order of these is explained in
      * privileges.c. */
@@ -201,12 +217,12 @@ static int run_steps(const struct pc_child_args *args, struct pc_error *err)
 
 int pc_child_main(void *child_args)
 {
-    const struct pc_child_args *args = child_args;
+    struct pc_child_args *args = child_args;
     struct pc_message message = {.kind = PC_MESSAGE_ERROR};
 
     run_steps(args, &message.error);
     /* One write of a message smaller than PIPE_BUF is atomic; if it fails
      * there is no one left to tell. */
-    (void)!write(args->error_fd, &message, sizeof message);
+    (void)!pc_write_nocancel(args->error_fd, &message, sizeof message);
     _exit(127);
 }

@@ -7,7 +7,9 @@
  * the parent's prepared memory read-only and on return the parent knows the
  * outcome. The child gets its own stack (spawn.c maps one); it shares the
  * parent's memory, which is why everything it runs is async-signal-safe and
- * writes nothing but its own stack.
+ * writes nothing the parent thread reads before clone returns: its own
+ * stack, the parent thread's errno (libc writes it through the shared
+ * thread pointer), the trace stamps (child.c).
  *
  * CLONE_PIDFD gives a pidfd for waiting and signalling without pid reuse
  * races.
@@ -74,9 +76,10 @@ long pc_clone3_raw(struct clone_args *args, size_t size, int (*fn)(void *), void
 #endif
 
 /* Set once clone3 said ENOSYS (old kernel, or a seccomp policy that hides
- * it), EINVAL to CLONE_CLEAR_SIGHAND (Linux 5.3, 5.4), or E2BIG or EINVAL to
- * CLONE_INTO_CGROUP (before Linux 5.7); racing threads at worst both try
- * once. */
+ * it), refused CLONE_CLEAR_SIGHAND (Linux 5.3, 5.4), or CLONE_INTO_CGROUP
+ * (before Linux 5.7: E2BIG or EINVAL). EINVAL has other causes (the
+ * namespace flags, say): a flag is taken for refused only when the same
+ * call works without it. Racing threads at worst both try once. */
 static volatile int clone3_missing, clear_sighand_missing, into_cgroup_missing;
 
 static pid_t clone_legacy(unsigned long flags, int (*fn)(void *), void *arg, void *stack,
@@ -85,6 +88,11 @@ static pid_t clone_legacy(unsigned long flags, int (*fn)(void *), void *arg, voi
     /* clone(2) takes the top of the stack (it grows down on every arch
      * pycontain builds on) and stores the pidfd through parent_tid. */
     return clone(fn, (char *)stack + stack_size, (int)(flags | SIGCHLD), arg, pidfd);
+}
+
+int pc_clone_clear_sighand_supported(void)
+{
+    return !clear_sighand_missing;
 }
 
 pid_t pc_clone(unsigned long namespaces, int (*fn)(void *), void *arg, void *stack,
@@ -99,6 +107,8 @@ pid_t pc_clone(unsigned long namespaces, int (*fn)(void *), void *arg, void *sta
     if (!force_legacy && !clone3_missing) {
         struct clone_args args;
         int into_cgroup = cgroup_fd >= 0 && !into_cgroup_missing;
+        int clear_sighand = !clear_sighand_missing;
+        int dropped_clear_sighand = 0, dropped_cgroup_on_einval = 0;
         long ret;
 
         for (;;) {
@@ -107,7 +117,7 @@ pid_t pc_clone(unsigned long namespaces, int (*fn)(void *), void *arg, void *sta
              * its default in the child, instead of the child asking about
              * all 64. CLONE_INTO_CGROUP: the child starts in its cgroup,
              * atomically, rather than moving itself there. */
-            args.flags = flags | (clear_sighand_missing ? 0 : CLONE_CLEAR_SIGHAND) |
+            args.flags = flags | (clear_sighand ? CLONE_CLEAR_SIGHAND : 0) |
                          (into_cgroup ? CLONE_INTO_CGROUP : 0);
             args.pidfd = (uint64_t)(uintptr_t)pidfd;
             args.exit_signal = SIGCHLD;
@@ -116,23 +126,30 @@ pid_t pc_clone(unsigned long namespaces, int (*fn)(void *), void *arg, void *sta
             args.cgroup = into_cgroup ? (uint64_t)cgroup_fd : 0;
             /* Written before the child exists; it reads them from shared
              * memory. */
-            *handlers_cleared = !clear_sighand_missing;
+            *handlers_cleared = clear_sighand;
             *in_cgroup = into_cgroup;
             ret = pc_clone3_raw(&args, into_cgroup ? CLONE_ARGS_SIZE_VER2 : CLONE_ARGS_SIZE_VER0,
                                 fn, arg);
-            if (ret >= 0)
+            if (ret >= 0) {
+                if (dropped_clear_sighand)
+                    clear_sighand_missing = 1;
+                else if (dropped_cgroup_on_einval)
+                    into_cgroup_missing = 1;
                 return (pid_t)ret;
+            }
             if (into_cgroup) {
                 /* Whatever the reason (an old kernel, or one the child's
                  * own write to cgroup.procs will then name precisely), the
                  * child joins the cgroup itself. */
-                if (ret == -E2BIG || ret == -EINVAL)
+                if (ret == -E2BIG)
                     into_cgroup_missing = 1;
+                dropped_cgroup_on_einval = ret == -EINVAL;
                 into_cgroup = 0;
                 continue;
             }
-            if (ret == -EINVAL && !clear_sighand_missing) {
-                clear_sighand_missing = 1;
+            if (ret == -EINVAL && clear_sighand) {
+                clear_sighand = 0;
+                dropped_clear_sighand = 1;
                 continue;
             }
             break;

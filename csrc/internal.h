@@ -34,15 +34,21 @@
 #include "pycontain.h"
 
 /* What travels on the error pipe: one message per write(2), each smaller
- * than PIPE_BUF. pc_spawn's child only ever sends one ERROR; on the fork
- * path the helper sends PID first, and the container's process brackets
- * each hook with HOOK_ENTER / HOOK_LEAVE so that the parent can tell a
- * hook that exited or was killed from a successful exec. */
+ * than PIPE_BUF. pc_spawn's child only ever sends one ERROR. The fork path
+ * (forkspawn.c) talks over a socket pair and never takes EOF for an
+ * answer: the helper sends PID with the container's pidfd, the caller
+ * answers GO, the container's process brackets each hook with
+ * HOOK_ENTER / HOOK_LEAVE and, after its last hook, sends EXEC_CHANNEL with
+ * the read end of a pipe that only it holds: EOF there (or EXECED, from an
+ * init that execs the program itself) is the exec. */
 enum pc_message_kind {
     PC_MESSAGE_ERROR = 1,
-    PC_MESSAGE_PID,        /* value: the container's pid */
+    PC_MESSAGE_PID,        /* value: the container's pid; carries its pidfd */
     PC_MESSAGE_HOOK_ENTER, /* value: enum pc_hook */
     PC_MESSAGE_HOOK_LEAVE,
+    PC_MESSAGE_GO,           /* caller to container: it has the pidfd, go on */
+    PC_MESSAGE_EXEC_CHANNEL, /* carries the read end of the exec pipe */
+    PC_MESSAGE_EXECED,       /* the program was exec'd (for an init that reports it) */
 };
 
 struct pc_message {
@@ -51,8 +57,17 @@ struct pc_message {
     struct pc_error error;
 };
 
-/* Write a message without error fields (async-signal-safe). */
-void pc_send(int fd, enum pc_message_kind kind, int value);
+/* Write a message without error fields (async-signal-safe); returns 0 or
+ * -1 (errno). pc_send_fd attaches `passed_fd` (SCM_RIGHTS) on a socket. */
+int pc_send(int fd, enum pc_message_kind kind, int value);
+int pc_send_fd(int fd, enum pc_message_kind kind, int value, int passed_fd);
+/* Receive one message from a socket without blocking: returns the bytes
+ * read (0: EOF), or -1 (errno; EAGAIN: nothing there). *passed_fd gets an
+ * fd that came with it (close-on-exec), else -1; extra fds are closed. */
+ssize_t pc_receive(int fd, struct pc_message *message, int *passed_fd);
+/* Make a received message safe to use: the detail NUL-terminated, the step
+ * a known one. The parent never trusts what arrives on a pipe. */
+void pc_message_sanitize(struct pc_message *message);
 
 /* Everything the child reads: prepared by the parent before clone. */
 struct pc_child_args {
@@ -63,12 +78,20 @@ struct pc_child_args {
     int netns_fd;         /* a pooled network namespace to join, or -1 */
     int handlers_cleared; /* the kernel reset caught signals (CLONE_CLEAR_SIGHAND) */
     int in_cgroup;        /* the clone put it in its cgroup (CLONE_INTO_CGROUP) */
+    /* The fork path only (0 and unused on pc_spawn's CLONE_VM path). */
+    int fork_path;
+    int caller_pidfd;  /* the caller, to notice its death before PDEATHSIG holds */
+    dev_t channel_dev; /* error_fd's identity, to notice a hook that closed or */
+    ino_t channel_ino; /* replaced it */
 };
 
 /* nsworker.c: a fresh network namespace's fd (close-on-exec), or -1 when
  * the pool is off or empty; whether the worker runs in this process. */
 int pc_netns_pool_take(void);
 int pc_nsworker_running(void);
+/* nsworker.c: take a reference to a running container's mount namespace
+ * and keep it in the table a fork() clears; returns its handle or -1. */
+int pc_nsworker_hold_mntns(pid_t pid, int pidfd);
 
 /* Record when `step` ended in request->trace_ns, if tracing. The vDSO
  * clock_gettime is async-signal-safe. */
@@ -102,6 +125,16 @@ int pc_child_main(void *child_args);
 
 /* spawn.c: the error pipe, close-on-exec, non-blocking, above fd 2. */
 int pc_open_error_pipe(int pipe_fds[2], struct pc_error *err);
+/* spawn.c: move *fd (close-on-exec) above 2 if it is 0, 1 or 2. */
+int pc_move_above_stdio(int *fd);
+
+/* forkspawn.c, container side (async-signal-safe; each does nothing on the
+ * CLONE_VM path): wait until the caller holds our pidfd; after a hook,
+ * check that it left our channel alone; after the last hook, switch to the
+ * exec pipe. */
+int pc_fork_container_start(struct pc_child_args *args, struct pc_error *err);
+void pc_fork_after_hook(const struct pc_child_args *args);
+int pc_fork_exec_channel(struct pc_child_args *args, struct pc_error *err);
 
 /* messages.c: read messages until EOF, or only what is there when
  * `nonblocking`; returns 0 (exec'd), 1 (err filled with a failure), or -1

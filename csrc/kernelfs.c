@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "nocancel.h"
 
 #define PROTECTED_FLAGS (MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
@@ -61,16 +62,18 @@ int pc_kernelfs_prepare_masks(struct pc_root *root, struct pc_error *err)
         (mkdirat(root->scratch_fd, "empty/dir", 0555) < 0 && errno != EEXIST) ||
         (mknodat(root->scratch_fd, "empty/file", S_IFREG | 0444, 0) < 0 && errno != EEXIST))
         return pc_fail(err, PC_STEP_MASK, errno, "empty");
-    empty = openat(root->scratch_fd, "empty", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    empty = pc_openat_nocancel(root->scratch_fd, "empty",
+                               O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (empty < 0)
         return pc_fail(err, PC_STEP_MASK, errno, "empty");
     masked = read_only_copy(root, empty, "masked", err);
-    close(empty);
+    pc_close_nocancel(empty);
     if (masked < 0)
         return -1;
-    root->masked_dir_fd = openat(masked, "dir", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    root->masked_file_fd = openat(masked, "file", O_PATH | O_NOFOLLOW | O_CLOEXEC);
-    close(masked);
+    root->masked_dir_fd =
+        pc_openat_nocancel(masked, "dir", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    root->masked_file_fd = pc_openat_nocancel(masked, "file", O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    pc_close_nocancel(masked);
     if (root->masked_dir_fd < 0 || root->masked_file_fd < 0)
         return pc_fail(err, PC_STEP_MASK, errno, "masked");
     return 0;
@@ -93,7 +96,7 @@ static int mask(const struct pc_root *root, int instance, const char *path, stru
         if (pc_mount_on_fd(source.text, target, NULL, MS_BIND, NULL) < 0)
             failed = errno;
     }
-    close(target);
+    pc_close_nocancel(target);
     return failed == 0 ? 0 : pc_fail(err, PC_STEP_MASK, failed, path);
 }
 
@@ -109,25 +112,27 @@ static int read_only_copy(const struct pc_root *root, int directory, const char 
 
     if (mkdirat(root->scratch_fd, name, 0555) < 0 && errno != EEXIST)
         return pc_fail(err, PC_STEP_MASK, errno, name);
-    under = openat(root->scratch_fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    under =
+        pc_openat_nocancel(root->scratch_fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (under < 0)
         return pc_fail(err, PC_STEP_MASK, errno, name);
     pc_fd_path(&source, directory);
     pc_fd_path(&target, under);
     if (mount(source.text, target.text, NULL, MS_BIND, NULL) < 0)
         failed = errno;
-    close(under);
+    pc_close_nocancel(under);
     if (failed != 0)
         return pc_fail(err, PC_STEP_MASK, failed, name);
     /* A remount applies to the mount at its root: open the name again,
      * which now crosses into the new bind. */
-    copy = openat(root->scratch_fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    copy =
+        pc_openat_nocancel(root->scratch_fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (copy < 0)
         return pc_fail(err, PC_STEP_MASK, errno, name);
     if (pc_mount_on_fd(NULL, copy, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | PROTECTED_FLAGS, NULL) <
         0) {
         failed = errno;
-        close(copy);
+        pc_close_nocancel(copy);
         return pc_fail(err, PC_STEP_MASK, failed, name);
     }
     return copy;
@@ -150,9 +155,9 @@ static int make_read_only(const struct pc_root *root, int instance, int read_onl
         pc_fd_path(&source, copy);
         if (pc_mount_on_fd(source.text, target, NULL, MS_BIND, NULL) < 0)
             failed = errno;
-        close(copy);
+        pc_close_nocancel(copy);
     }
-    close(target);
+    pc_close_nocancel(target);
     return failed == 0 ? 0 : pc_fail(err, PC_STEP_MASK, failed, path);
 }
 
@@ -164,10 +169,10 @@ int pc_kernelfs_protect_proc(const struct pc_root *root, int proc_fd, struct pc_
         return -1;
     for (size_t i = 0; i < sizeof proc_read_only / sizeof proc_read_only[0]; i++)
         if (make_read_only(root, proc_fd, copy, proc_read_only[i], err) < 0) {
-            close(copy);
+            pc_close_nocancel(copy);
             return -1;
         }
-    close(copy);
+    pc_close_nocancel(copy);
     for (size_t i = 0; i < sizeof proc_masked / sizeof proc_masked[0]; i++)
         if (mask(root, proc_fd, proc_masked[i], err) < 0)
             return -1;

@@ -1,24 +1,115 @@
-/* The error pipe: what the child (and the fork path's helper) tell the
- * parent. The message format is in internal.h. */
+/* The error pipe and the fork path's channel: what the child (and the fork
+ * path's helper) tell the parent. The message format is in internal.h.
+ *
+ * The sending side runs between clone and exec (async-signal-safe, raw
+ * system calls: nocancel.h); the receiving side checks everything it reads.
+ */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
+#include "nocancel.h"
 
-void pc_send(int fd, enum pc_message_kind kind, int value)
+static void fill(struct pc_message *message, enum pc_message_kind kind, int value)
+{
+    /* memset is on POSIX's async-signal-safe list since 2016; the record is
+     * zeroed so no stack garbage reaches the parent. */
+    memset(message, 0, sizeof *message);
+    message->kind = kind;
+    message->value = value;
+}
+
+int pc_send(int fd, enum pc_message_kind kind, int value)
 {
     struct pc_message message;
 
-    /* memset is on POSIX's async-signal-safe list since 2016; the record is
-     * zeroed so no stack garbage reaches the parent. */
-    memset(&message, 0, sizeof message);
-    message.kind = kind;
-    message.value = value;
-    (void)!write(fd, &message, sizeof message);
+    fill(&message, kind, value);
+    return pc_write_nocancel(fd, &message, sizeof message) == (ssize_t)sizeof message ? 0 : -1;
+}
+
+int pc_send_fd(int fd, enum pc_message_kind kind, int value, int passed_fd)
+{
+    struct pc_message message;
+    union {
+        char buffer[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = {.iov_base = &message, .iov_len = sizeof message};
+    struct msghdr header = {
+        .msg_iov = &iov,
+        .msg_iovlen = 1,
+        .msg_control = control.buffer,
+        .msg_controllen = sizeof control.buffer,
+    };
+    struct cmsghdr *cmsg;
+
+    fill(&message, kind, value);
+    memset(&control, 0, sizeof control);
+    cmsg = CMSG_FIRSTHDR(&header);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &passed_fd, sizeof passed_fd);
+    /* sendmsg(3) is a cancellation point: the raw call (nocancel.h). */
+    return syscall(SYS_sendmsg, fd, &header, MSG_NOSIGNAL) == (long)sizeof message ? 0 : -1;
+}
+
+ssize_t pc_receive(int fd, struct pc_message *message, int *passed_fd)
+{
+    union {
+        char buffer[CMSG_SPACE(4 * sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = {.iov_base = message, .iov_len = sizeof *message};
+    struct msghdr header = {
+        .msg_iov = &iov,
+        .msg_iovlen = 1,
+        .msg_control = control.buffer,
+        .msg_controllen = sizeof control.buffer,
+    };
+    ssize_t n;
+
+    *passed_fd = -1;
+    do
+        n = recvmsg(fd, &header, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -1;
+    for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&header); cmsg != NULL;
+         cmsg = CMSG_NXTHDR(&header, cmsg)) {
+        if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
+            continue;
+        for (size_t i = 0; (i + 1) * sizeof(int) <= cmsg->cmsg_len - CMSG_LEN(0); i++) {
+            int received;
+
+            memcpy(&received, CMSG_DATA(cmsg) + i * sizeof(int), sizeof received);
+            if (*passed_fd < 0)
+                *passed_fd = received;
+            else
+                close(received); /* one fd per message, never more */
+        }
+    }
+    /* A message cut short (MSG_TRUNC) is not one of ours. */
+    if (header.msg_flags & MSG_TRUNC) {
+        if (*passed_fd >= 0)
+            close(*passed_fd);
+        *passed_fd = -1;
+        errno = EIO;
+        return -1;
+    }
+    return n;
+}
+
+void pc_message_sanitize(struct pc_message *message)
+{
+    message->error.detail[PC_DETAIL_MAX - 1] = '\0';
+    if (message->error.step <= PC_STEP_NONE || message->error.step >= PC_STEP_COUNT)
+        message->error.step = PC_STEP_NONE;
 }
 
 static long long now_ms(void)
@@ -69,10 +160,9 @@ int pc_read_messages(int fd, int timeout_ms, pid_t *pid, int *hook, struct pc_er
             errno = EIO;
             return -1;
         }
+        pc_message_sanitize(&message);
         switch (message.kind) {
         case PC_MESSAGE_ERROR:
-            /* Keep reading: on the fork path the helper's PID message may
-             * still come, and the child is reaped by pid. */
             *err = message.error;
             failed = 1;
             break;
@@ -80,10 +170,12 @@ int pc_read_messages(int fd, int timeout_ms, pid_t *pid, int *hook, struct pc_er
             *pid = message.value;
             break;
         case PC_MESSAGE_HOOK_ENTER:
-            *hook = message.value;
-            break;
         case PC_MESSAGE_HOOK_LEAVE:
-            *hook = -1;
+            if (message.value != PC_HOOK_PRE_PIVOT && message.value != PC_HOOK_PRE_EXEC) {
+                errno = EIO;
+                return -1;
+            }
+            *hook = message.kind == PC_MESSAGE_HOOK_ENTER ? message.value : -1;
             break;
         default:
             errno = EIO;

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "nocancel.h"
 
 int pc_network_loopback_up(struct pc_error *err)
 {
@@ -31,10 +32,10 @@ int pc_network_loopback_up(struct pc_error *err)
     request.ifr_flags |= IFF_UP;
     if (ioctl(fd, SIOCSIFFLAGS, &request) < 0)
         goto fail;
-    close(fd);
+    pc_close_nocancel(fd);
     return 0;
 fail:
     pc_fail(err, PC_STEP_LOOPBACK, errno, "lo");
-    close(fd);
+    pc_close_nocancel(fd);
     return -1;
 }

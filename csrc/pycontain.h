@@ -197,14 +197,16 @@ struct pc_spawn_request {
 
 /* A started container: its pid in the caller's PID namespace and a pidfd
  * (close-on-exec) for race-free waiting and signalling. When the namespace
- * worker runs, also a reference to the container's mount namespace (else
- * -1): pass it to pc_nsworker_release once the container has been reaped,
- * so that its mounts are torn down there rather than in the container's
- * exit, which the caller's wait would pay for. */
+ * worker runs, also a handle on a reference to the container's mount
+ * namespace that the worker holds for this process (else -1): pass it to
+ * pc_nsworker_drop_mntns once the container has been reaped, so that its
+ * mounts are torn down there rather than in the container's exit, which
+ * the caller's wait would pay for. A child of fork() holds none of these
+ * references (its handles match nothing). */
 struct pc_process {
     pid_t pid;
     int pidfd;
-    int mntns_fd;
+    int mntns;
 };
 
 /* Start a container. Returns 0 once the program has been exec'd, or -1 with
@@ -212,15 +214,21 @@ struct pc_process {
 int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
              struct pc_error *err);
 
+/* Whether clone3 is still asked for CLONE_CLEAR_SIGHAND (0 once the kernel
+ * has refused it); for the tests. */
+int pc_clone_clear_sighand_supported(void);
+
 /* The namespace worker (nsworker.c): a background thread that keeps `size`
  * fresh network namespaces ready (0: no thread), so that pc_spawn need not
  * create one while the caller waits (each is used once), and releases
  * mount namespaces handed to it. Not thread-safe against itself: configure
  * from one thread. */
 int pc_netns_pool_configure(unsigned int size, struct pc_error *err);
-/* Close `fd` (a namespace reference) on the worker; closes it here when the
- * worker is not running or is behind. Returns 0 when handed over. */
-int pc_nsworker_release(int fd);
+/* Drop the mount namespace reference behind `handle` (pc_process.mntns):
+ * on the worker when `on_worker` and it runs, else here. Returns 0 when
+ * handed to the worker, 1 when closed here, -1 for a handle that holds
+ * nothing (already dropped, or made before a fork()). */
+int pc_nsworker_drop_mntns(int handle, int on_worker);
 /* The configured size, how many are ready, and how many were handed out
  * since the process started; returns the errno that stopped the pool's
  * thread, or 0. */
@@ -237,11 +245,15 @@ int pc_netns_pool_status(unsigned int *size, unsigned int *ready, unsigned long 
  *     child:  pc_fork_helper(&state)             never returns
  *     parent: pc_fork_collect(&state, pid, timeout_ms, process, err)
  *
+ *     child:  pc_fork_helper_early(&state); (runtime's after-fork code);
+ *             pc_fork_helper(&state)             never returns
+ *
  * The forked helper enters the new namespaces with unshare and clones the
- * container's process with CLONE_PARENT, so that process is PID 1 of its
- * namespace and the caller's own child; the helper then exits. Collect
- * reaps the helper, waits (up to timeout_ms, -1: forever) for the exec or
- * a failure, and kills everything on timeout (err: PC_STEP_TIMEOUT). */
+ * container's process with CLONE_PARENT and CLONE_PIDFD, so that process is
+ * PID 1 of its namespace and the caller's own child; the helper sends the
+ * pidfd and exits. Collect waits (up to timeout_ms, -1: forever) for the
+ * exec or a failure, kills everything on timeout (err: PC_STEP_TIMEOUT),
+ * and reaps the helper (see forkspawn.c for how each outcome is known). */
 /* The overlay mount the parent prepares (overlay.c); part of the fork
  * state, otherwise internal. */
 struct pc_overlay {
@@ -252,13 +264,17 @@ struct pc_overlay {
 
 struct pc_fork_state {
     const struct pc_spawn_request *request;
-    int pipe_fds[2];
+    pid_t caller;
+    int channel[2];       /* socket pair: [0] the caller's end, [1] the helper's and container's */
     sigset_t caller_mask; /* prepare blocks all signals; collect restores */
     struct pc_overlay overlay;
 };
 
 int pc_fork_prepare(const struct pc_spawn_request *request, struct pc_fork_state *state,
                     struct pc_error *err);
+/* In the helper right after fork(), before the runtime's own after-fork
+ * code: its process group, and death with the caller. */
+void pc_fork_helper_early(struct pc_fork_state *state);
 __attribute__((noreturn)) void pc_fork_helper(struct pc_fork_state *state);
 int pc_fork_collect(struct pc_fork_state *state, pid_t helper, int timeout_ms,
                     struct pc_process *process, struct pc_error *err);

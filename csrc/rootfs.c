@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "nocancel.h"
 
 /* mkdir in a directory of the scratch tmpfs, which only pycontain fills. */
 static int make_dir_at(int dir, const char *name, mode_t mode, struct pc_error *err)
@@ -57,21 +58,21 @@ int pc_rootfs_make_private(struct pc_error *err)
 static int reopen_directory(const char *path, int fd, struct pc_error *err)
 {
     struct stat checked, now;
-    int reopened = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int reopened = pc_open_nocancel(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
 
     if (reopened < 0)
         return pc_fail(err, PC_STEP_OPEN_LAYER, errno, path);
     /* The caller checked the directory it opened; mount no other one. */
     if (fstat(fd, &checked) < 0 || fstat(reopened, &now) < 0 || checked.st_dev != now.st_dev ||
         checked.st_ino != now.st_ino) {
-        close(reopened);
+        pc_close_nocancel(reopened);
         return pc_fail(err, PC_STEP_OPEN_LAYER, ESTALE, path);
     }
     if (dup3(reopened, fd, O_CLOEXEC) < 0) {
-        close(reopened);
+        pc_close_nocancel(reopened);
         return pc_fail(err, PC_STEP_OPEN_LAYER, errno, path);
     }
-    close(reopened);
+    pc_close_nocancel(reopened);
     return 0;
 }
 
@@ -98,7 +99,7 @@ static int open_mount_root(int dir, const char *name, long magic, int force_walk
     if (fd < 0)
         return -1;
     if (fstatfs(fd, &info) < 0 || (long)info.f_type != magic) {
-        close(fd);
+        pc_close_nocancel(fd);
         errno = EXDEV;
         return -1;
     }
@@ -118,12 +119,12 @@ static int mount_scratch(const struct pc_spawn_request *request, const struct pc
     struct statfs filesystem;
     int under, scratch_root, failed = 0;
 
-    under = open(scratch, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    under = pc_open_nocancel(scratch, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (under < 0)
         return pc_fail(err, PC_STEP_MOUNT_SCRATCH, errno, scratch);
     if (fstat(overlay->scratch_fd, &checked) < 0 || fstat(under, &now) < 0 ||
         checked.st_dev != now.st_dev || checked.st_ino != now.st_ino) {
-        close(under);
+        pc_close_nocancel(under);
         return pc_fail(err, PC_STEP_MOUNT_SCRATCH, ESTALE, scratch);
     }
     /* A tmpfs private to this namespace holds the overlay's mount point and
@@ -134,12 +135,12 @@ static int mount_scratch(const struct pc_spawn_request *request, const struct pc
     if (pc_mount_on_fd("tmpfs", under, "tmpfs", MS_NOSUID | MS_NODEV, options) < 0) {
         int saved = errno;
 
-        close(under);
+        pc_close_nocancel(under);
         return pc_fail(err, PC_STEP_MOUNT_SCRATCH, saved, scratch);
     }
-    close(under);
+    pc_close_nocancel(under);
     /* The options name the tmpfs by the fd number the parent reserved. */
-    scratch_root = open(scratch, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    scratch_root = pc_open_nocancel(scratch, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (scratch_root < 0)
         return pc_fail(err, PC_STEP_MOUNT_SCRATCH, errno, scratch);
     if (fstatfs(scratch_root, &filesystem) < 0)
@@ -148,7 +149,7 @@ static int mount_scratch(const struct pc_spawn_request *request, const struct pc
         failed = EXDEV; /* not the tmpfs just mounted */
     else if (dup3(scratch_root, overlay->scratch_fd, O_CLOEXEC) < 0)
         failed = errno;
-    close(scratch_root);
+    pc_close_nocancel(scratch_root);
     if (failed != 0)
         return pc_fail(err, PC_STEP_MOUNT_SCRATCH, failed, scratch);
     return 0;
@@ -210,7 +211,7 @@ int pc_rootfs_mount_proc(struct pc_root *root, struct pc_error *err)
     rc = pc_kernelfs_prepare_masks(root, err);
     if (rc == 0)
         rc = pc_kernelfs_protect_proc(root, proc, err);
-    close(proc);
+    pc_close_nocancel(proc);
     return rc;
 }
 
@@ -228,7 +229,7 @@ int pc_rootfs_mount_sys(const struct pc_root *root, struct pc_error *err)
     if (sys < 0)
         return pc_fail(err, PC_STEP_MOUNT_SYS, errno, "/sys");
     rc = pc_kernelfs_protect_sys(root, sys, err);
-    close(sys);
+    pc_close_nocancel(sys);
     return rc;
 }
 
@@ -300,7 +301,7 @@ int pc_rootfs_mount_dev(const struct pc_spawn_request *request, const struct pc_
     if (rc == 0)
         rc = pc_mount_beneath(root->fd, "/dev", PC_NODE_DIRECTORY, 0755, root->force_walk,
                               dev_path.text, NULL, MS_MOVE, NULL, PC_STEP_MOUNT_DEV, err);
-    close(dev);
+    pc_close_nocancel(dev);
     return rc;
 }
 
@@ -345,9 +346,9 @@ int pc_rootfs_pivot(struct pc_root *root, struct pc_error *err)
         return pc_fail(err, PC_STEP_DETACH_OLD_ROOT, errno, NULL);
     if (chdir("/") < 0)
         return pc_fail(err, PC_STEP_CHDIR, errno, "/");
-    close(root->fd);
-    close(root->masked_dir_fd);
-    close(root->masked_file_fd);
+    pc_close_nocancel(root->fd);
+    pc_close_nocancel(root->masked_dir_fd);
+    pc_close_nocancel(root->masked_file_fd);
     root->fd = root->masked_dir_fd = root->masked_file_fd = -1;
     return 0;
 }

@@ -22,9 +22,6 @@
 #ifndef P_PIDFD
 #define P_PIDFD 3
 #endif
-#ifndef PIDFD_GET_MNT_NAMESPACE
-#define PIDFD_GET_MNT_NAMESPACE _IO(0xFF, 3) /* <linux/pidfd.h>, Linux 6.11 */
-#endif
 
 /* The child's setup needs a few KiB; the guard page below turns an overflow
  * into a crash of the child instead of silent corruption of the parent's
@@ -75,7 +72,7 @@ static char *child_stack(int *cached)
     return base + (mapped - CHILD_STACK_SIZE);
 }
 
-static int move_above_stdio(int *fd)
+int pc_move_above_stdio(int *fd)
 {
     int moved;
 
@@ -98,7 +95,7 @@ int pc_open_error_pipe(int pipe_fds[2], struct pc_error *err)
         return pc_fail(err, PC_STEP_PREPARE, errno, "pipe");
     /* Keep the pipe off 0, 1, 2 (free when the caller closed its stdio), or
      * setting up the program's stdio would overwrite it. */
-    if (move_above_stdio(&pipe_fds[0]) < 0 || move_above_stdio(&pipe_fds[1]) < 0) {
+    if (pc_move_above_stdio(&pipe_fds[0]) < 0 || pc_move_above_stdio(&pipe_fds[1]) < 0) {
         int saved = errno;
 
         close(pipe_fds[0]);
@@ -106,22 +103,6 @@ int pc_open_error_pipe(int pipe_fds[2], struct pc_error *err)
         return pc_fail(err, PC_STEP_PREPARE, saved, "pipe");
     }
     return 0;
-}
-
-/* A reference to the container's mount namespace, or -1 (it may already
- * have exited: then its mounts are gone too). */
-static int mount_namespace_of(pid_t pid, int pidfd)
-{
-    char path[64];
-    int fd = ioctl(pidfd, PIDFD_GET_MNT_NAMESPACE, 0);
-
-    if (fd >= 0) {
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
-        return fd;
-    }
-    /* Before Linux 6.11. */
-    snprintf(path, sizeof path, "/proc/%d/ns/mnt", (int)pid);
-    return open(path, O_RDONLY | O_CLOEXEC);
 }
 
 int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
@@ -205,6 +186,6 @@ int pc_spawn(const struct pc_spawn_request *request, struct pc_process *process,
     }
     process->pid = pid;
     process->pidfd = pidfd;
-    process->mntns_fd = pc_nsworker_running() ? mount_namespace_of(pid, pidfd) : -1;
+    process->mntns = pc_nsworker_running() ? pc_nsworker_hold_mntns(pid, pidfd) : -1;
     return 0;
 }

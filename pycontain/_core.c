@@ -8,118 +8,407 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <linux/capability.h>
-#include <unistd.h>
 #include <sched.h>
+#include <signal.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include "faults.h"
+#include "pycontain.h"
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
 #endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
 
-#include "pycontain.h"
+/* Per-interpreter state: each interpreter that imports the module gets its
+ * own exception class, so that `except StepError` matches in each. */
+struct core_state {
+    PyObject *step_error; /* raised with args (step, errno, detail, status) */
+};
 
-/* Raised with args (step, errno, detail): Python turns it into a SpawnError. */
-static PyObject *StepError;
-
-/* A NULL-terminated array of pointers into the bytes objects of `seq` (a
- * list or tuple of bytes). The bytes must outlive the array. */
-static char **bytes_array(PyObject *seq, const char *what)
+static struct core_state *core_state_of(PyObject *module)
 {
-    Py_ssize_t n;
-    char **array;
-
-    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
-        PyErr_Format(PyExc_TypeError, "%s must be a list of bytes", what);
-        return NULL;
-    }
-    n = PySequence_Fast_GET_SIZE(seq);
-    array = PyMem_New(char *, (size_t)n + 1);
-    if (array == NULL) {
-        PyErr_NoMemory();
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
-
-        if (!PyBytes_Check(item)) {
-            PyErr_Format(PyExc_TypeError, "%s must be a list of bytes", what);
-            PyMem_Free(array);
-            return NULL;
-        }
-        array[i] = PyBytes_AS_STRING(item);
-    }
-    array[n] = NULL;
-    return array;
+    return PyModule_GetState(module);
 }
 
-/* Conversions for PyArg_ParseTupleAndKeywords ("O&"). Each fills a
- * struct the cleanup at the end of core_spawn releases. */
-struct int_list {
+/* Argument conversion. As CPython's _posixsubprocess does, everything is
+ * copied into memory this call owns before the GIL is released: a list's
+ * items are read from a tuple snapshot of it (so no Python code run during
+ * the conversion can change its length or free its items under us), and
+ * strings and numbers are copied into C arrays. Only exact types are
+ * accepted (int, bytes, list/tuple), so no __index__ or __len__ of the
+ * caller runs at all. Python (pycontain/_spawn.py) has checked the values
+ * already; these checks keep a direct caller of _core from crashing it. */
+
+/* A snapshot of a list or tuple (a new reference), or NULL with TypeError. */
+static PyObject *snapshot(PyObject *seq, const char *what)
+{
+    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list or tuple, not %.100s", what,
+                     Py_TYPE(seq)->tp_name);
+        return NULL;
+    }
+    return PySequence_Tuple(seq);
+}
+
+/* A NULL-terminated array of C strings, allocated in one block with the
+ * strings after the pointers. */
+struct string_array {
+    char **items;
+    size_t count;
+};
+
+static int convert_string_array(PyObject *seq, struct string_array *out, const char *what)
+{
+    PyObject *items = snapshot(seq, what);
+    Py_ssize_t n;
+    size_t size;
+    char *storage;
+
+    if (items == NULL)
+        return -1;
+    n = PyTuple_GET_SIZE(items);
+    size = ((size_t)n + 1) * sizeof(char *);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+
+        if (!PyBytes_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "%s items must be bytes, not %.100s", what,
+                         Py_TYPE(item)->tp_name);
+            goto fail;
+        }
+        if ((size_t)PyBytes_GET_SIZE(item) != strlen(PyBytes_AS_STRING(item))) {
+            PyErr_Format(PyExc_ValueError, "%s items must not contain a NUL byte", what);
+            goto fail;
+        }
+        size += (size_t)PyBytes_GET_SIZE(item) + 1;
+    }
+    out->items = PyMem_Malloc(size);
+    if (out->items == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    storage = (char *)(out->items + n + 1);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        size_t length = (size_t)PyBytes_GET_SIZE(item) + 1;
+
+        memcpy(storage, PyBytes_AS_STRING(item), length);
+        out->items[i] = storage;
+        storage += length;
+    }
+    out->items[n] = NULL;
+    out->count = (size_t)n;
+    Py_DECREF(items);
+    return 0;
+fail:
+    Py_DECREF(items);
+    return -1;
+}
+
+/* An exact int in [low, high] into *out; ValueError when out of range. */
+static int convert_int(PyObject *value, long long low, long long high, long long *out,
+                       const char *what)
+{
+    int overflow;
+    long long number;
+
+    if (!PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what,
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    number = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (number == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow != 0 || number < low || number > high) {
+        PyErr_Format(PyExc_ValueError, "%s out of range", what);
+        return -1;
+    }
+    *out = number;
+    return 0;
+}
+
+/* A list of ints that fit in an int (fds). */
+struct int_array {
     int *items;
     size_t count;
 };
 
-static int convert_int_list(PyObject *seq, void *out)
+static int convert_int_array(PyObject *seq, struct int_array *out, const char *what)
 {
-    struct int_list *list = out;
+    PyObject *items = snapshot(seq, what);
     Py_ssize_t n;
 
-    if (seq == NULL) { /* cleanup call: parsing failed after this argument */
-        PyMem_Free(list->items);
-        list->items = NULL;
-        return 1;
-    }
-    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
-        PyErr_SetString(PyExc_TypeError, "expected a list of int");
-        return 0;
-    }
-    n = PySequence_Fast_GET_SIZE(seq);
-    list->items = PyMem_New(int, (size_t)n + 1);
-    if (list->items == NULL) {
+    if (items == NULL)
+        return -1;
+    n = PyTuple_GET_SIZE(items);
+    out->items = PyMem_New(int, (size_t)n + 1);
+    if (out->items == NULL) {
+        Py_DECREF(items);
         PyErr_NoMemory();
-        return 0;
+        return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        long value = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        long long value;
 
-        if (value < INT_MIN || value > INT_MAX) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_OverflowError, "value out of range for int");
+        if (convert_int(PyTuple_GET_ITEM(items, i), INT_MIN, INT_MAX, &value, what) < 0) {
+            Py_DECREF(items);
+            return -1;
         }
-        if (PyErr_Occurred()) {
-            PyMem_Free(list->items);
-            list->items = NULL;
-            return 0;
-        }
-        list->items[i] = (int)value;
+        out->items[i] = (int)value;
     }
-    list->count = (size_t)n;
-    return Py_CLEANUP_SUPPORTED;
+    out->count = (size_t)n;
+    Py_DECREF(items);
+    return 0;
 }
 
-/* "O&" converter: bytes (no NUL inside) or None to a C string or NULL. */
-static int convert_optional_bytes(PyObject *value, void *out)
+/* An rlimit value: 0 to 2**64 - 1, or -1 (resource.RLIM_INFINITY, which
+ * is 2**64 - 1 to the kernel). */
+static int convert_u64(PyObject *value, unsigned long long *out, const char *what)
 {
-    const char **string = out;
-
-    if (value == Py_None) {
-        *string = NULL;
-        return 1;
-    }
-    if (!PyBytes_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "expected bytes or None, not %.100s",
+    if (!PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what,
                      Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    if (PyLong_AsLong(value) == -1 && !PyErr_Occurred()) {
+        *out = RLIM_INFINITY;
         return 0;
     }
-    if ((size_t)PyBytes_GET_SIZE(value) != strlen(PyBytes_AS_STRING(value))) {
-        PyErr_SetString(PyExc_ValueError, "embedded NUL byte");
-        return 0;
+    PyErr_Clear();
+    *out = PyLong_AsUnsignedLongLong(value);
+    if (*out == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Format(PyExc_ValueError, "%s out of range (0 to 2**64 - 1)", what);
+        return -1;
     }
-    *string = PyBytes_AS_STRING(value);
-    return 1;
+    return 0;
+}
+
+/* rlimits: a list of (resource, soft, hard). */
+static int convert_rlimits(PyObject *seq, struct pc_rlimit **out, size_t *count)
+{
+    PyObject *items = snapshot(seq, "rlimits");
+    Py_ssize_t n;
+
+    if (items == NULL)
+        return -1;
+    n = PyTuple_GET_SIZE(items);
+    *out = PyMem_New(struct pc_rlimit, (size_t)n + 1);
+    if (*out == NULL) {
+        Py_DECREF(items);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        long long resource;
+
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 3) {
+            PyErr_SetString(PyExc_TypeError, "rlimits items are (resource, soft, hard)");
+            goto fail;
+        }
+        if (convert_int(PyTuple_GET_ITEM(item, 0), 0, INT_MAX, &resource, "rlimit resource") < 0 ||
+            convert_u64(PyTuple_GET_ITEM(item, 1), &(*out)[i].soft, "rlimit soft") < 0 ||
+            convert_u64(PyTuple_GET_ITEM(item, 2), &(*out)[i].hard, "rlimit hard") < 0)
+            goto fail;
+        (*out)[i].resource = (int)resource;
+    }
+    *count = (size_t)n;
+    Py_DECREF(items);
+    return 0;
+fail:
+    Py_DECREF(items);
+    return -1;
+}
+
+/* groups: None, or a list of gids. */
+static int convert_groups(PyObject *seq, gid_t **out, size_t *count)
+{
+    PyObject *items = snapshot(seq, "groups");
+    Py_ssize_t n;
+
+    if (items == NULL)
+        return -1;
+    n = PyTuple_GET_SIZE(items);
+    *out = PyMem_New(gid_t, (size_t)n + 1);
+    if (*out == NULL) {
+        Py_DECREF(items);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long gid;
+
+        /* (gid_t)-1 means "no change" to the kernel: not a group. */
+        if (convert_int(PyTuple_GET_ITEM(items, i), 0, (long long)UINT32_MAX - 1, &gid,
+                        "groups item") < 0) {
+            Py_DECREF(items);
+            return -1;
+        }
+        (*out)[i] = (gid_t)gid;
+    }
+    *count = (size_t)n;
+    Py_DECREF(items);
+    return 0;
+}
+
+/* bytes (no NUL inside) or None to an owned C string or NULL. */
+static int convert_optional_string(PyObject *value, char **out, const char *what)
+{
+    size_t length;
+
+    *out = NULL;
+    if (value == Py_None)
+        return 0;
+    if (!PyBytes_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be bytes or None, not %.100s", what,
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    length = (size_t)PyBytes_GET_SIZE(value);
+    if (length != strlen(PyBytes_AS_STRING(value))) {
+        PyErr_Format(PyExc_ValueError, "%s must not contain a NUL byte", what);
+        return -1;
+    }
+    *out = PyMem_Malloc(length + 1);
+    if (*out == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(*out, PyBytes_AS_STRING(value), length + 1);
+    return 0;
+}
+
+/* A copy of bytes (no NUL inside) in memory this call owns, or NULL. */
+static char *copy_bytes(PyObject *value, const char *what)
+{
+    size_t length;
+    char *copy;
+
+    if (!PyBytes_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be bytes, not %.100s", what,
+                     Py_TYPE(value)->tp_name);
+        return NULL;
+    }
+    length = (size_t)PyBytes_GET_SIZE(value);
+    if (length != strlen(PyBytes_AS_STRING(value))) {
+        PyErr_Format(PyExc_ValueError, "%s must not contain a NUL byte", what);
+        return NULL;
+    }
+    copy = PyMem_Malloc(length + 1);
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(copy, PyBytes_AS_STRING(value), length + 1);
+    return copy;
+}
+
+/* binds: a list of (source: bytes, source_fd: int, target: bytes,
+ * read_only: bool), copied; free_binds releases the strings too. */
+static void free_binds(struct pc_bind *binds, size_t count)
+{
+    for (size_t i = 0; binds != NULL && i < count; i++) {
+        PyMem_Free((char *)binds[i].source);
+        PyMem_Free((char *)binds[i].target);
+    }
+    PyMem_Free(binds);
+}
+
+static int convert_binds(PyObject *list, struct pc_bind **out, size_t *count)
+{
+    PyObject *items = snapshot(list, "binds");
+    Py_ssize_t n;
+
+    if (items == NULL)
+        return -1;
+    n = PyTuple_GET_SIZE(items);
+    *out = PyMem_Calloc((size_t)n + 1, sizeof(struct pc_bind));
+    if (*out == NULL) {
+        Py_DECREF(items);
+        PyErr_NoMemory();
+        return -1;
+    }
+    /* Zeroed: free_binds(*out, *count) is right whenever this stops. */
+    *count = (size_t)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        struct pc_bind *bind = &(*out)[i];
+        long long fd;
+
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 4 ||
+            !PyBool_Check(PyTuple_GET_ITEM(item, 3))) {
+            PyErr_SetString(PyExc_TypeError,
+                            "binds items are (source, source_fd, target, read_only)");
+            goto fail;
+        }
+        if (convert_int(PyTuple_GET_ITEM(item, 1), 0, INT_MAX, &fd, "bind source_fd") < 0 ||
+            (bind->source = copy_bytes(PyTuple_GET_ITEM(item, 0), "bind source")) == NULL ||
+            (bind->target = copy_bytes(PyTuple_GET_ITEM(item, 2), "bind target")) == NULL)
+            goto fail;
+        bind->source_fd = (int)fd;
+        bind->read_only = PyTuple_GET_ITEM(item, 3) == Py_True;
+    }
+    Py_DECREF(items);
+    return 0;
+fail:
+    Py_DECREF(items);
+    return -1;
+}
+
+/* tmpfs: a list of (target: bytes, size: int, mode: int), copied. */
+static void free_tmpfs(struct pc_tmpfs *mounts, size_t count)
+{
+    for (size_t i = 0; mounts != NULL && i < count; i++)
+        PyMem_Free((char *)mounts[i].target);
+    PyMem_Free(mounts);
+}
+
+static int convert_tmpfs(PyObject *list, struct pc_tmpfs **out, size_t *count)
+{
+    PyObject *items = snapshot(list, "tmpfs");
+    Py_ssize_t n;
+
+    if (items == NULL)
+        return -1;
+    n = PyTuple_GET_SIZE(items);
+    *out = PyMem_Calloc((size_t)n + 1, sizeof(struct pc_tmpfs));
+    if (*out == NULL) {
+        Py_DECREF(items);
+        PyErr_NoMemory();
+        return -1;
+    }
+    *count = (size_t)n; /* zeroed: free_tmpfs(*out, *count) is right */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        struct pc_tmpfs *mount = &(*out)[i];
+        long long mode;
+
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 3) {
+            PyErr_SetString(PyExc_TypeError, "tmpfs items are (target, size, mode)");
+            goto fail;
+        }
+        if (convert_u64(PyTuple_GET_ITEM(item, 1), &mount->size, "tmpfs size") < 0 ||
+            convert_int(PyTuple_GET_ITEM(item, 2), 0, 07777, &mode, "tmpfs mode") < 0 ||
+            (mount->target = copy_bytes(PyTuple_GET_ITEM(item, 0), "tmpfs target")) == NULL)
+            goto fail;
+        mount->mode = (unsigned int)mode;
+    }
+    Py_DECREF(items);
+    return 0;
+fail:
+    Py_DECREF(items);
+    return -1;
 }
 
 /* The trampoline: the only way Python code runs between clone and exec.
@@ -192,6 +481,7 @@ static int spawn_forked(const struct pc_spawn_request *request, struct python_ho
     PyOS_BeforeFork();
     helper = fork();
     if (helper == 0) {
+        pc_fork_helper_early(&state);
         PyOS_AfterFork_Child();
         hooks->thread_state = PyEval_SaveThread();
         pc_fork_helper(&state);
@@ -206,61 +496,18 @@ static int spawn_forked(const struct pc_spawn_request *request, struct python_ho
     Py_END_ALLOW_THREADS return rc;
 }
 
-/* binds: a list of (source: bytes, source_fd: int, target: bytes, read_only:
- * bool); the bytes stay referenced by the list, which the caller's kwargs
- * keep alive. */
-static int convert_binds(PyObject *list, struct pc_bind **out, struct pc_spawn_request *request)
+/* The container started but this call cannot return it (no memory for the
+ * result): kill it, reap it, release what it held. */
+static void abandon_process(struct pc_process *process)
 {
-    Py_ssize_t n;
+    siginfo_t info;
 
-    if (!PyList_Check(list)) {
-        PyErr_SetString(PyExc_TypeError, "binds must be a list");
-        return -1;
-    }
-    n = PyList_GET_SIZE(list);
-    *out = PyMem_New(struct pc_bind, (size_t)n + 1);
-    if (*out == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        struct pc_bind *bind = &(*out)[i];
-
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(list, i),
-                              "yiyp;binds items are (source, source_fd, target, read_only)",
-                              &bind->source, &bind->source_fd, &bind->target, &bind->read_only))
-            return -1;
-    }
-    request->binds = *out;
-    request->bind_count = (size_t)n;
-    return 0;
-}
-
-/* tmpfs: a list of (target: bytes, size: int, mode: int). */
-static int convert_tmpfs(PyObject *list, struct pc_tmpfs **out, struct pc_spawn_request *request)
-{
-    Py_ssize_t n;
-
-    if (!PyList_Check(list)) {
-        PyErr_SetString(PyExc_TypeError, "tmpfs must be a list");
-        return -1;
-    }
-    n = PyList_GET_SIZE(list);
-    *out = PyMem_New(struct pc_tmpfs, (size_t)n + 1);
-    if (*out == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        struct pc_tmpfs *mount = &(*out)[i];
-
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(list, i), "yKI;tmpfs items are (target, size, mode)",
-                              &mount->target, &mount->size, &mount->mode))
-            return -1;
-    }
-    request->tmpfs = *out;
-    request->tmpfs_count = (size_t)n;
-    return 0;
+    syscall(SYS_pidfd_send_signal, process->pidfd, SIGKILL, NULL, 0);
+    while (syscall(SYS_waitid, P_PIDFD, process->pidfd, &info, WEXITED, NULL) < 0 && errno == EINTR)
+        ;
+    close(process->pidfd);
+    if (process->mntns >= 0)
+        pc_nsworker_drop_mntns(process->mntns, 0);
 }
 
 PyDoc_STRVAR(spawn_doc,
@@ -273,10 +520,11 @@ PyDoc_STRVAR(spawn_doc,
              "      tmpfs=None, force_resolve_walk=False,\n"
              "      privileged=False, capabilities=0, last_capability=CAP_LAST_CAP,\n"
              "      seccomp=None, new_session=True, upper_socket=-1, main=None)\n"
-             "      -> (pid, pidfd, mntns_fd)\n\n"
+             "      -> (pid, pidfd, mntns)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
              "None or a list of gids. Raises StepError(step, errno, detail) on failure.\n"
+             "mntns is -1 or a handle for release() (the container's mount namespace).\n"
              "trace: a writable buffer of STEP_COUNT native unsigned long longs that\n"
              "receives when each step ended (CLOCK_MONOTONIC ns), for benchmarks.\n"
              "With pre_pivot/pre_exec (callables) or timeout_ms >= 0 the fork path is\n"
@@ -337,68 +585,82 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "upper_socket",
                                "main",
                                NULL};
-    PyObject *argv_list, *envp_list, *exec_list, *cwd, *layer_path_list, *rlimit_list;
-    PyObject *group_list, *result = NULL, *trace = Py_None;
+    PyObject *argv_list, *envp_list, *exec_list, *cwd_object, *layer_path_list, *rlimit_list;
+    PyObject *group_list, *layer_fd_list, *stdio_list, *pass_fd_list, *result = NULL;
+    PyObject *upper_path_object, *work_path_object, *hostname_object, *scratch_object;
+    PyObject *trace = Py_None, *cgroup_procs_list = NULL;
     PyObject *pre_pivot = Py_None, *pre_exec = Py_None, *format_exception = Py_None;
-    PyObject *seccomp = Py_None;
-    int privileged = 0, last_capability = CAP_LAST_CAP, new_session = 1;
+    PyObject *seccomp = Py_None, *bind_list = Py_None, *tmpfs_list = Py_None;
+    int privileged = 0, last_capability = CAP_LAST_CAP, new_session = 1, force_resolve_walk = 0;
     unsigned long long capabilities = 0;
     PyObject *main_hook = Py_None;
-    struct python_hooks python_hooks = {0};
-    struct pc_hooks hooks = {.run = run_python_hook, .context = &python_hooks};
-    int timeout_ms = -1, use_netns_pool = 1, cgroup_fd = -1, force_resolve_walk = 0;
     int upper_socket = -1;
     unsigned long long scratch_size = 0, dev_size = 0, dev_inodes = 0, shm_size = 0;
-    PyObject *bind_list = Py_None, *tmpfs_list = Py_None;
     struct pc_bind *binds = NULL;
     struct pc_tmpfs *tmpfs = NULL;
+    size_t bind_count = 0, tmpfs_count = 0;
+    char *seccomp_filter = NULL;
+    struct python_hooks python_hooks = {0};
+    struct pc_hooks hooks = {.run = run_python_hook, .context = &python_hooks};
+    int timeout_ms = -1, use_netns_pool = 1, cgroup_fd = -1;
     Py_buffer trace_buffer = {0};
-    const char *scratch_dir, *upper_path, *work_path, *hostname;
+    char *cwd = NULL, *scratch_dir = NULL, *upper_path = NULL, *work_path = NULL;
+    char *hostname = NULL;
     unsigned long namespaces;
     long long gid, uid;
     int upper_fd, work_fd, umask_value, force_legacy_clone = 0, rc;
-    struct int_list layer_fds = {0}, stdio = {0}, pass_fds = {0}, cgroup_procs_fds = {0};
+    struct int_array layer_fds = {0}, stdio = {0}, pass_fds = {0}, cgroup_procs_fds = {0};
+    struct string_array argv = {0}, envp = {0}, exec_paths = {0}, layer_paths = {0};
     struct pc_spawn_request request = {0};
     struct pc_rlimit *rlimits = NULL;
     gid_t *groups = NULL;
     struct pc_process process;
     struct pc_error err;
-    char **argv = NULL, **envp = NULL, **exec_paths = NULL, **layer_paths = NULL;
 
-    (void)module;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOO&O&iO&iykO&O&O&OOLLi|pOOOOipiO&KKKKOOppKiOpiO", keywords,
-            &argv_list, &envp_list, &exec_list, &cwd, &layer_path_list, convert_int_list,
-            &layer_fds, convert_optional_bytes, &upper_path, &upper_fd, convert_optional_bytes,
-            &work_path, &work_fd, &scratch_dir, &namespaces, convert_int_list, &stdio,
-            convert_int_list, &pass_fds, convert_optional_bytes, &hostname, &rlimit_list,
-            &group_list, &gid, &uid, &umask_value, &force_legacy_clone, &trace, &pre_pivot,
-            &pre_exec, &format_exception, &timeout_ms, &use_netns_pool, &cgroup_fd,
-            convert_int_list, &cgroup_procs_fds, &scratch_size, &dev_size, &dev_inodes, &shm_size,
-            &bind_list, &tmpfs_list, &force_resolve_walk, &privileged, &capabilities,
-            &last_capability, &seccomp, &new_session, &upper_socket, &main_hook))
+            args, kwargs, "OOOOOOOiOiOkOOOOOLLi|pOOOOipiOKKKKOOppKiOpiO", keywords, &argv_list,
+            &envp_list, &exec_list, &cwd_object, &layer_path_list, &layer_fd_list,
+            &upper_path_object, &upper_fd, &work_path_object, &work_fd, &scratch_object,
+            &namespaces, &stdio_list, &pass_fd_list, &hostname_object, &rlimit_list, &group_list,
+            &gid, &uid, &umask_value, &force_legacy_clone, &trace, &pre_pivot, &pre_exec,
+            &format_exception, &timeout_ms, &use_netns_pool, &cgroup_fd, &cgroup_procs_list,
+            &scratch_size, &dev_size, &dev_inodes, &shm_size, &bind_list, &tmpfs_list,
+            &force_resolve_walk, &privileged, &capabilities, &last_capability, &seccomp,
+            &new_session, &upper_socket, &main_hook))
         return NULL;
-    if (cwd != Py_None && !PyBytes_Check(cwd)) {
-        PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
+    if (convert_string_array(argv_list, &argv, "argv") < 0 ||
+        convert_string_array(envp_list, &envp, "envp") < 0 ||
+        convert_string_array(exec_list, &exec_paths, "exec_paths") < 0 ||
+        convert_string_array(layer_path_list, &layer_paths, "layer_paths") < 0 ||
+        convert_int_array(layer_fd_list, &layer_fds, "layer_fds") < 0 ||
+        convert_int_array(stdio_list, &stdio, "stdio") < 0 ||
+        convert_int_array(pass_fd_list, &pass_fds, "pass_fds") < 0 ||
+        (cgroup_procs_list != NULL &&
+         convert_int_array(cgroup_procs_list, &cgroup_procs_fds, "cgroup_procs_fds") < 0) ||
+        convert_optional_string(cwd_object, &cwd, "cwd") < 0 ||
+        convert_optional_string(upper_path_object, &upper_path, "upper_path") < 0 ||
+        convert_optional_string(work_path_object, &work_path, "work_path") < 0 ||
+        convert_optional_string(hostname_object, &hostname, "hostname") < 0 ||
+        convert_optional_string(scratch_object, &scratch_dir, "scratch_dir") < 0 ||
+        convert_rlimits(rlimit_list, &rlimits, &request.rlimit_count) < 0)
         goto done;
+    if (group_list != Py_None) {
+        if (convert_groups(group_list, &groups, &request.group_count) < 0)
+            goto done;
+        request.set_groups = 1;
+        request.groups = groups;
     }
-    if (stdio.count != 3) {
-        PyErr_SetString(PyExc_ValueError, "stdio must have 3 items");
-        goto done;
+    if (bind_list != Py_None) {
+        if (convert_binds(bind_list, &binds, &bind_count) < 0)
+            goto done;
+        request.binds = binds;
+        request.bind_count = bind_count;
     }
-    if ((argv = bytes_array(argv_list, "argv")) == NULL ||
-        (envp = bytes_array(envp_list, "envp")) == NULL ||
-        (exec_paths = bytes_array(exec_list, "exec_paths")) == NULL ||
-        (layer_paths = bytes_array(layer_path_list, "layer_paths")) == NULL)
-        goto done;
-    if ((size_t)PySequence_Fast_GET_SIZE(layer_path_list) != layer_fds.count) {
-        PyErr_SetString(PyExc_ValueError, "layer_paths and layer_fds differ in length");
-        goto done;
-    }
-    if ((upper_fd >= 0) != (upper_path != NULL) || (work_fd >= 0) != (upper_fd >= 0) ||
-        (work_fd >= 0) != (work_path != NULL)) {
-        PyErr_SetString(PyExc_ValueError, "upper and work need a path and an fd each, or neither");
-        goto done;
+    if (tmpfs_list != Py_None) {
+        if (convert_tmpfs(tmpfs_list, &tmpfs, &tmpfs_count) < 0)
+            goto done;
+        request.tmpfs = tmpfs;
+        request.tmpfs_count = tmpfs_count;
     }
     if (seccomp != Py_None) {
         /* struct sock_filter is 8 bytes; the kernel takes 1 to BPF_MAXINSNS
@@ -412,52 +674,36 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
             PyErr_SetString(PyExc_ValueError, "seccomp must hold 1 to 4096 8-byte instructions");
             goto done;
         }
-        request.seccomp_filter = PyBytes_AS_STRING(seccomp);
+        seccomp_filter = PyMem_Malloc((size_t)PyBytes_GET_SIZE(seccomp));
+        if (seccomp_filter == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        memcpy(seccomp_filter, PyBytes_AS_STRING(seccomp), (size_t)PyBytes_GET_SIZE(seccomp));
+        request.seccomp_filter = seccomp_filter;
         request.seccomp_length = (size_t)PyBytes_GET_SIZE(seccomp) / 8;
     }
     if (last_capability < 0 || last_capability > 63) {
         PyErr_SetString(PyExc_ValueError, "last_capability must be from 0 to 63");
         goto done;
     }
-    if (!PyList_Check(rlimit_list)) {
-        PyErr_SetString(PyExc_TypeError, "rlimits must be a list");
+    if (scratch_dir == NULL) {
+        PyErr_SetString(PyExc_TypeError, "scratch_dir must be bytes");
         goto done;
     }
-    rlimits = PyMem_New(struct pc_rlimit, (size_t)PyList_GET_SIZE(rlimit_list) + 1);
-    if (rlimits == NULL) {
-        PyErr_NoMemory();
+    if (stdio.count != 3) {
+        PyErr_SetString(PyExc_ValueError, "stdio must have 3 items");
         goto done;
     }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rlimit_list); i++)
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(rlimit_list, i),
-                              "iKK;rlimits items are (resource, soft, hard)", &rlimits[i].resource,
-                              &rlimits[i].soft, &rlimits[i].hard))
-            goto done;
-    if (group_list != Py_None) {
-        if (!PyList_Check(group_list)) {
-            PyErr_SetString(PyExc_TypeError, "groups must be a list or None");
-            goto done;
-        }
-        groups = PyMem_New(gid_t, (size_t)PyList_GET_SIZE(group_list) + 1);
-        if (groups == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(group_list); i++) {
-            unsigned long value = PyLong_AsUnsignedLong(PyList_GET_ITEM(group_list, i));
-
-            if (PyErr_Occurred())
-                goto done;
-            groups[i] = (gid_t)value;
-        }
-        request.set_groups = 1;
-        request.groups = groups;
-        request.group_count = (size_t)PyList_GET_SIZE(group_list);
+    if (layer_paths.count != layer_fds.count) {
+        PyErr_SetString(PyExc_ValueError, "layer_paths and layer_fds differ in length");
+        goto done;
     }
-    if (bind_list != Py_None && convert_binds(bind_list, &binds, &request) < 0)
+    if ((upper_fd >= 0) != (upper_path != NULL) || (work_fd >= 0) != (upper_fd >= 0) ||
+        (work_fd >= 0) != (work_path != NULL)) {
+        PyErr_SetString(PyExc_ValueError, "upper and work need a path and an fd each, or neither");
         goto done;
-    if (tmpfs_list != Py_None && convert_tmpfs(tmpfs_list, &tmpfs, &request) < 0)
-        goto done;
+    }
     if (trace != Py_None) {
         if (PyObject_GetBuffer(trace, &trace_buffer, PyBUF_WRITABLE) < 0)
             goto done;
@@ -470,24 +716,23 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 
     request.namespaces = namespaces;
     request.scratch_dir = scratch_dir;
-    request.layer_paths = (const char *const *)layer_paths;
+    request.layer_paths = (const char *const *)layer_paths.items;
     request.layer_fds = layer_fds.items;
     request.layer_count = layer_fds.count;
     request.upper_path = upper_path;
     request.upper_fd = upper_fd;
     request.work_path = work_path;
     request.work_fd = work_fd;
-    request.cwd = cwd == Py_None ? NULL : PyBytes_AS_STRING(cwd);
-    request.exec_paths = (const char *const *)exec_paths;
-    request.argv = argv;
-    request.envp = envp;
+    request.cwd = cwd;
+    request.exec_paths = (const char *const *)exec_paths.items;
+    request.argv = argv.items;
+    request.envp = envp.items;
     for (int i = 0; i < 3; i++)
         request.stdio[i] = stdio.items[i];
     request.pass_fds = pass_fds.items;
     request.pass_fd_count = pass_fds.count;
     request.hostname = hostname;
     request.rlimits = rlimits;
-    request.rlimit_count = (size_t)PyList_GET_SIZE(rlimit_list);
     request.gid = gid;
     request.uid = uid;
     request.umask = umask_value;
@@ -525,9 +770,16 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
         request.hooks = &hooks;
     }
 
-    /* The argument objects stay referenced by `args`/`kwargs` while the GIL
-     * is released, so the borrowed string pointers remain valid. */
+    /* Everything the spawn reads is in memory this call owns (the hooks'
+     * callables are held by kwargs, which outlives it). */
     if (request.hooks != NULL || timeout_ms >= 0) {
+        /* A fork of a subinterpreter is refused by os.fork too. */
+        if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "pre_pivot, pre_exec and timeout= fork the interpreter, which "
+                            "only the main interpreter may do");
+            goto done;
+        }
         rc = spawn_forked(&request, &python_hooks, timeout_ms, &process, &err);
     } else {
         Py_BEGIN_ALLOW_THREADS rc = pc_spawn(&request, &process, &err);
@@ -535,28 +787,39 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     }
 
     if (rc == 0) {
-        result = Py_BuildValue("(iii)", (int)process.pid, process.pidfd, process.mntns_fd);
+        if (pc_fault_on(PC_FAULT_NOMEM_AFTER_SPAWN))
+            PyErr_NoMemory();
+        else
+            result = Py_BuildValue("(iii)", (int)process.pid, process.pidfd, process.mntns);
+        if (result == NULL)
+            abandon_process(&process);
     } else {
         PyObject *error_args = Py_BuildValue("(siyi)", pc_step_name(err.step), (int)err.err,
                                              err.detail, (int)err.status);
         if (error_args != NULL) {
-            PyErr_SetObject(StepError, error_args);
+            PyErr_SetObject(core_state_of(module)->step_error, error_args);
             Py_DECREF(error_args);
         }
     }
 done:
-    PyMem_Free(argv);
-    PyMem_Free(envp);
-    PyMem_Free(exec_paths);
-    PyMem_Free(layer_paths);
+    PyMem_Free(argv.items);
+    PyMem_Free(envp.items);
+    PyMem_Free(exec_paths.items);
+    PyMem_Free(layer_paths.items);
     PyMem_Free(layer_fds.items);
     PyMem_Free(stdio.items);
     PyMem_Free(pass_fds.items);
     PyMem_Free(cgroup_procs_fds.items);
     PyMem_Free(rlimits);
     PyMem_Free(groups);
-    PyMem_Free(binds);
-    PyMem_Free(tmpfs);
+    PyMem_Free(cwd);
+    PyMem_Free(scratch_dir);
+    PyMem_Free(upper_path);
+    PyMem_Free(work_path);
+    PyMem_Free(hostname);
+    PyMem_Free(seccomp_filter);
+    free_binds(binds, bind_count);
+    free_tmpfs(tmpfs, tmpfs_count);
     if (trace_buffer.obj != NULL)
         PyBuffer_Release(&trace_buffer);
     return result;
@@ -581,7 +844,7 @@ static PyObject *core_step_names(PyObject *module, PyObject *unused)
 
 static PyObject *core_netns_pool(PyObject *module, PyObject *args)
 {
-    int size = -1;
+    int size = -1, rc = 0;
     unsigned int configured, ready;
     unsigned long handed_out;
     struct pc_error err;
@@ -590,7 +853,13 @@ static PyObject *core_netns_pool(PyObject *module, PyObject *args)
     (void)module;
     if (!PyArg_ParseTuple(args, "|i", &size))
         return NULL;
-    if (size >= 0 && pc_netns_pool_configure((unsigned int)size, &err) < 0) {
+    /* Stopping the worker joins its thread, which may be in the middle of
+     * an idle-priority refill: not with the GIL held. */
+    if (size >= 0) {
+        Py_BEGIN_ALLOW_THREADS rc = pc_netns_pool_configure((unsigned int)size, &err);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc < 0) {
         errno = err.err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
@@ -598,16 +867,14 @@ static PyObject *core_netns_pool(PyObject *module, PyObject *args)
     return Py_BuildValue("(IIik)", configured, ready, stopped, handed_out);
 }
 
-static PyObject *core_release(PyObject *module, PyObject *arg)
+static PyObject *core_release(PyObject *module, PyObject *args)
 {
-    long fd = PyLong_AsLong(arg);
+    int handle, on_worker = 1;
 
     (void)module;
-    if (fd == -1 && PyErr_Occurred())
+    if (!PyArg_ParseTuple(args, "i|p", &handle, &on_worker))
         return NULL;
-    if (fd < 0 || fd > INT_MAX)
-        return PyErr_Format(PyExc_ValueError, "not an fd: %ld", fd);
-    return PyBool_FromLong(pc_nsworker_release((int)fd) == 0);
+    return PyBool_FromLong(pc_nsworker_drop_mntns(handle, on_worker) == 0);
 }
 
 /* os.waitid does not pass the raw syscall's fifth argument, the rusage of
@@ -641,25 +908,60 @@ static PyObject *core_wait_pidfd(PyObject *module, PyObject *args)
                          usage.ru_nvcsw, usage.ru_nivcsw);
 }
 
+static PyObject *core_clear_sighand_supported(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyBool_FromLong(pc_clone_clear_sighand_supported());
+}
+
+#ifdef PC_FAULTS
+static PyObject *core_set_fault(PyObject *module, PyObject *args)
+{
+    const char *name;
+    unsigned long value;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "sk", &name, &value))
+        return NULL;
+    for (int i = 0; i < PC_FAULT_COUNT; i++)
+        if (strcmp(pc_fault_names[i], name) == 0) {
+            pc_fault_settings[i] = value;
+            Py_RETURN_NONE;
+        }
+    return PyErr_Format(PyExc_ValueError, "no fault point %s", name);
+}
+#endif
+
 static PyMethodDef core_methods[] = {
+    {"release", core_release, METH_VARARGS,
+     "release(mntns, on_worker=True) -> bool: drop a container's mount namespace\n"
+     "reference (spawn's mntns) on the worker thread (True), or here when it does\n"
+     "not run or on_worker is false (False); a stale handle does nothing"},
     {"wait_pidfd", core_wait_pidfd, METH_VARARGS,
      "wait_pidfd(pidfd, options) -> None | (si_code, si_status, rusage fields): waitid(P_PIDFD)\n"
      "with the rusage os.waitid leaves out; None when WNOHANG found it still running"},
-    {"release", core_release, METH_O,
-     "release(fd) -> bool: close a namespace reference on the worker thread (True), or\n"
-     "here when it is not running (False)"},
     {"netns_pool", core_netns_pool, METH_VARARGS,
      "netns_pool([size]) -> (size, ready, errno, handed_out): configure (size >= 0) and\n"
      "report the pool"},
     {"step_names", core_step_names, METH_NOARGS, "step_names() -> tuple of every step's name"},
     {"spawn", (PyCFunction)(void (*)(void))core_spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
+    {"_clear_sighand_supported", core_clear_sighand_supported, METH_NOARGS,
+     "whether clone3 is still used with CLONE_CLEAR_SIGHAND (for the tests)"},
+#ifdef PC_FAULTS
+    {"_set_fault", core_set_fault, METH_VARARGS,
+     "_set_fault(point, value): a delay in us, or 1/0 for a failure (test builds only)"},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
 static int core_exec(PyObject *module)
 {
-    StepError = PyErr_NewException("pycontain._core.StepError", NULL, NULL);
-    if (StepError == NULL || PyModule_AddObjectRef(module, "StepError", StepError) < 0)
+    struct core_state *state = core_state_of(module);
+
+    state->step_error = PyErr_NewException("pycontain._core.StepError", NULL, NULL);
+    if (state->step_error == NULL ||
+        PyModule_AddObjectRef(module, "StepError", state->step_error) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "DEFAULT_NAMESPACES", PC_DEFAULT_NAMESPACES) < 0 ||
         PyModule_AddIntConstant(module, "STEP_COUNT", PC_STEP_COUNT) < 0 ||
@@ -672,8 +974,39 @@ static int core_exec(PyObject *module)
     return 0;
 }
 
+static int core_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    struct core_state *state = core_state_of(module);
+
+    Py_VISIT(state->step_error);
+    return 0;
+}
+
+static int core_clear(PyObject *module)
+{
+    struct core_state *state = core_state_of(module);
+
+    Py_CLEAR(state->step_error);
+    return 0;
+}
+
+static void core_free(void *module)
+{
+    core_clear(module);
+}
+
 static PyModuleDef_Slot core_slots[] = {
     {Py_mod_exec, core_exec},
+#ifdef Py_mod_multiple_interpreters
+    /* The C core's own state is process-wide and thread-safe (atomics, one
+     * mutex); the fork path refuses to run outside the main interpreter. */
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+#ifdef Py_mod_gil
+    /* Arguments are copied from tuple snapshots; nothing else here touches
+     * a Python object that another thread could change. */
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
     {0, NULL},
 };
 
@@ -681,9 +1014,12 @@ static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "pycontain._core",
     .m_doc = "C core of pycontain: spawn a container (internal).",
-    .m_size = 0,
+    .m_size = sizeof(struct core_state),
     .m_methods = core_methods,
     .m_slots = core_slots,
+    .m_traverse = core_traverse,
+    .m_clear = core_clear,
+    .m_free = core_free,
 };
 
 PyMODINIT_FUNC PyInit__core(void)

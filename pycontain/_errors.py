@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from errno import ECHILD
 
 __all__ = ["CallbackError", "SpawnError", "TimeoutExpired", "callback_error", "spawn_error"]
 
@@ -55,6 +56,12 @@ class CallbackError(SpawnError):
     exit_status: int | None = None
 
     def __str__(self) -> str:
+        if self.exit_status is None and self.exception_type is None and self.errno == ECHILD:
+            return (
+                f"pycontain: {self.hook} callback ended its process before the program was "
+                "executed; its exit status is lost (it was reaped elsewhere: SIGCHLD ignored, "
+                "or another wait())"
+            )
         if self.exit_status is None:
             raised = self.exception_type or "an exception"
             if self.exception_message:
@@ -64,6 +71,11 @@ class CallbackError(SpawnError):
             return (
                 f"pycontain: {self.hook} callback ended its process with exit status "
                 f"{self.exit_status} (os._exit?) before the program was executed"
+                + (
+                    " (127: also when a callback closes pycontain's fds)"
+                    if self.exit_status == 127
+                    else ""
+                )
             )
         try:
             name = signal.Signals(-self.exit_status).name
@@ -123,6 +135,7 @@ def callback_error(hook: str, errno: int, report: str, status: int) -> CallbackE
         error.exception_type = name
         error.exception_message = summary
         error.child_traceback = traceback_text
-    else:
+    elif errno != ECHILD:
         error.exit_status = status
+    # else: it ended, but its status was lost (reaped elsewhere)
     return error

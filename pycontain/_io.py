@@ -8,6 +8,7 @@ stdout, an int is an fd, and a file object stands for its ``fileno()``.
 
 from __future__ import annotations
 
+import codecs
 import io
 import os
 import select
@@ -94,6 +95,21 @@ def open_streams(stdin: Stream, stdout: Stream, stderr: Stream) -> Streams:
         streams.close_all()
         raise
     return streams
+
+
+def check_options(encoding: str | None, errors: str | None, bufsize: int) -> None:
+    """Refuse what wrap() would refuse, before anything is spawned."""
+    if isinstance(bufsize, bool) or not isinstance(bufsize, int):
+        raise TypeError("bufsize must be an int")
+    # open() takes a C int.
+    if not -(2**31) <= bufsize < 2**31:
+        raise ValueError(f"bufsize out of range: {bufsize}")
+    if encoding is not None:
+        if not isinstance(encoding, str):
+            raise TypeError(f"encoding must be str or None, not {type(encoding).__name__}")
+        codecs.lookup(encoding)  # LookupError, as subprocess would raise
+    if errors is not None and not isinstance(errors, str):
+        raise TypeError(f"errors must be str or None, not {type(errors).__name__}")
 
 
 def wrap(

@@ -85,7 +85,7 @@ class Process:
     pid: int | None = None
     returncode: int | None = None
     _pidfd: int = -1
-    _mntns_fd: int = -1
+    _mntns: int = -1
     _workdir: bytes | None = None
     _writedir_lock: int = -1
     _kept_upper: int = -1  # the throwaway upper (keep_upper=True), until close()
@@ -172,8 +172,7 @@ class Process:
                 "but different. Pass one or the other."
             )
         self.text_mode = bool(text or universal_newlines or encoding or errors)
-        if isinstance(bufsize, bool) or not isinstance(bufsize, int):
-            raise TypeError("bufsize must be an int")
+        _io.check_options(encoding, errors, bufsize)
         self.container = container
         passed = _pass_fds(pass_fds)
         _callbacks.check(container.pre_pivot, pre_exec, _main)
@@ -198,7 +197,7 @@ class Process:
                 _netns.ensure_pool()
             if container._plan.limits is not None:
                 cgroup = _cgroup.create(container._plan.limits)
-            self.pid, self._pidfd, self._mntns_fd = _spawn.spawn(
+            self.pid, self._pidfd, self._mntns = _spawn.spawn(
                 prepared,
                 force_legacy_clone=_force_legacy_clone,
                 hooks=_callbacks.spawn_arguments(container.pre_pivot, pre_exec, _main),
@@ -220,14 +219,27 @@ class Process:
         self._workdir = prepared.created_workdir
         self._writedir_lock = prepared.writedir_lock
         self._kept_upper, prepared.kept_upper = prepared.kept_upper, -1
-        files = [
-            None
-            if fd < 0
-            else _io.wrap(
-                fd, index, text=self.text_mode, encoding=encoding, errors=errors, bufsize=bufsize
-            )
-            for index, fd in enumerate(streams.parent)
-        ]
+        files: list[IO[Any] | None] = [None, None, None]
+        try:
+            for index, fd in enumerate(streams.parent):
+                if fd >= 0:
+                    files[index] = _io.wrap(
+                        fd,
+                        index,
+                        text=self.text_mode,
+                        encoding=encoding,
+                        errors=errors,
+                        bufsize=bufsize,
+                    )
+                    streams.parent[index] = -1  # the file owns it now
+        except BaseException:
+            # Checked before the spawn; a MemoryError, say: leave nothing running.
+            for file in files:
+                if file is not None:
+                    file.close()
+            streams.close_all()
+            self.close()
+            raise
         self.stdin, self.stdout, self.stderr = files
 
     @property
@@ -316,17 +328,14 @@ class Process:
         if self.returncode is not None and self._users == 0 and self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
-            if self._mntns_fd >= 0:
+            if self._mntns >= 0:
                 # The last reference to the container's mounts: unmounting
                 # them happens on the worker thread, not in this wait().
                 # Not with a writedir: its overlay must be gone before the
                 # writedir is free for another container and its work
                 # directory is removed.
-                if self._writedir_lock < 0:
-                    _core.release(self._mntns_fd)
-                else:
-                    os.close(self._mntns_fd)
-                self._mntns_fd = -1
+                _core.release(self._mntns, self._writedir_lock < 0)
+                self._mntns = -1
             _spawn.remove_workdir(self._workdir)
             self._workdir = None
             _spawn.release_writedir(self._writedir_lock)

@@ -196,8 +196,8 @@ def _limit(value: int | None, what: str) -> int:
         raise TypeError(f"{what} must be an int or None (unlimited)")
     if value == resource.RLIM_INFINITY:
         return value
-    if value < 0:
-        raise ValueError(f"{what} must not be negative: {value}")
+    if not 0 <= value < 2**64:
+        raise ValueError(f"{what} out of range (0 to 2**64 - 1): {value}")
     return value
 
 
@@ -329,6 +329,8 @@ def _envp(env: Env | None) -> tuple[list[bytes], Env]:
     if env is None:
         # os.environ already refuses NUL bytes and "=" in names.
         return [name + b"=" + value for name, value in os.environb.items()], os.environb
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping of names to values, not {type(env).__name__}")
     envp = []
     for key, value in env.items():
         name = to_bytes(key, "env name")
@@ -542,10 +544,10 @@ def spawn(
     trace: Any = None,
     cgroup: Cgroup | None = None,
 ) -> tuple[int, int, int]:
-    """Start the container; returns (pid, pidfd, mntns_fd) or raises SpawnError.
+    """Start the container; returns (pid, pidfd, mntns) or raises SpawnError.
 
-    mntns_fd (-1 when the namespace worker does not run) keeps the
-    container's mount namespace: release it with _core.release after the
+    mntns (-1 when the namespace worker does not run) is a handle on the
+    container's mount namespace: drop it with _core.release after the
     container has been reaped. ``trace``: see _core.spawn (bench/trace.py).
 
     ``hooks`` (from _callbacks.spawn_arguments) or a ``timeout`` take the
