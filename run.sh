@@ -5,6 +5,9 @@
 #   ./run.sh test    install what the tests need too, and run the test suite
 #   ./run.sh lint    install the linters and run them (ruff, mypy, clang-format)
 #   ./run.sh sanitize  the test suite against a UBSan build of the C code
+#   ./run.sh asan    the tests that stay off the CLONE_VM child (fork path,
+#                    arguments, fuzz) against an ASan build, then the argument
+#                    tests once more under PYTHONMALLOC=debug
 #   ./run.sh bench   install bubblewrap too, and run bench/spawn.py (extra
 #                    arguments go to it, e.g. --quick)
 #   ./run.sh package build the sdist and wheel (python -m build), install the
@@ -18,9 +21,9 @@ cd "$(dirname "$0")"
 
 task=${1:-}
 case "$task" in
-demo | test | lint | sanitize | bench | package) ;;
+demo | test | lint | sanitize | asan | bench | package) ;;
 *)
-    echo "usage: ./run.sh demo|test|lint|sanitize|bench|package [ARGS...]" >&2
+    echo "usage: ./run.sh demo|test|lint|sanitize|asan|bench|package [ARGS...]" >&2
     exit 2
     ;;
 esac
@@ -48,12 +51,14 @@ else
 fi
 # The tests and the benchmark build their root filesystem from a static
 # busybox; the benchmark compares with bubblewrap and util-linux's unshare.
-if [ "$task" = test ] || [ "$task" = sanitize ] || [ "$task" = bench ] || [ "$task" = package ]; then
+if [ "$task" = test ] || [ "$task" = sanitize ] || [ "$task" = asan ] || [ "$task" = bench ] ||
+    [ "$task" = package ]; then
     [ -x /bin/busybox ] || apt_missing+=(busybox-static)
 fi
 # The escape tests check with strace that the path-resolution fallback is
-# the one taken, and build the throwaway root with util-linux's unshare.
-if [ "$task" = test ] || [ "$task" = sanitize ]; then
+# the one taken, and build the throwaway root with util-linux's unshare; the
+# fork path's tests stall its steps with strace --inject.
+if [ "$task" = test ] || [ "$task" = sanitize ] || [ "$task" = asan ]; then
     command -v strace >/dev/null || apt_missing+=(strace)
     command -v unshare >/dev/null || apt_missing+=(util-linux)
 fi
@@ -77,8 +82,9 @@ demo)
     exec .venv/bin/python -m pycontain
     ;;
 test)
-    # Warnings are errors in the C code built for the tests.
-    PYCONTAIN_WERROR=1 "${pip[@]}" -e '.[test]'
+    # Warnings are errors in the C code built for the tests, which has the
+    # fault injection points compiled in (csrc/faults.h).
+    PYCONTAIN_WERROR=1 PYCONTAIN_FAULTS=1 "${pip[@]}" -e '.[test]'
     exec .venv/bin/python -m pytest "${@:2}"
     ;;
 bench)
@@ -88,12 +94,31 @@ bench)
 sanitize)
     # The extension built in place with UBSan (aborting on the first error),
     # its runtime preloaded into the interpreter, which was not built with it.
-    "${pip[@]}" -e '.[test]'
-    PYCONTAIN_WERROR=1 PYCONTAIN_SANITIZE=1 .venv/bin/python setup.py -q build_ext --inplace --force
+    PYCONTAIN_WERROR=1 PYCONTAIN_FAULTS=1 "${pip[@]}" -e '.[test]'
+    PYCONTAIN_WERROR=1 PYCONTAIN_FAULTS=1 PYCONTAIN_SANITIZE=1 .venv/bin/python setup.py -q build_ext --inplace --force
     status=0
     LD_PRELOAD="$(cc -print-file-name=libubsan.so)" .venv/bin/python -m pytest "${@:2}" || status=$?
-    # Leave the normal build in place again.
-    PYCONTAIN_WERROR=1 .venv/bin/python setup.py -q build_ext --inplace --force
+    # Leave the normal (test) build in place again.
+    PYCONTAIN_WERROR=1 PYCONTAIN_FAULTS=1 .venv/bin/python setup.py -q build_ext --inplace --force
+    exit $status
+    ;;
+asan)
+    # ASan cannot follow the CLONE_VM child (it runs on a stack of its own
+    # in our address space), so only the tests that stay off it: the fork
+    # path (callbacks, timeout=), argument handling and the fuzz, which then
+    # spawns through the fork path (PYCONTAIN_TEST_FORK_PATH=1). The
+    # interpreter was not built with ASan: its runtime is preloaded, and
+    # leak checking is off (CPython's own allocations at exit are not ours).
+    PYCONTAIN_WERROR=1 PYCONTAIN_FAULTS=1 "${pip[@]}" -e '.[test]'
+    PYCONTAIN_WERROR=1 PYCONTAIN_FAULTS=1 PYCONTAIN_SANITIZE=address .venv/bin/python setup.py -q build_ext --inplace --force
+    status=0
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 PYCONTAIN_TEST_FORK_PATH=1 \
+        LD_PRELOAD="$(cc -print-file-name=libasan.so)" .venv/bin/python -m pytest \
+        tests/test_callbacks.py tests/test_fork_path.py tests/test_arguments.py "${@:2}" || status=$?
+    PYCONTAIN_WERROR=1 PYCONTAIN_FAULTS=1 .venv/bin/python setup.py -q build_ext --inplace --force
+    # CPython's debug allocator catches what the extension does wrong with
+    # Python's memory (a write past a block, a use after free).
+    PYTHONMALLOC=debug .venv/bin/python -X dev -m pytest tests/test_arguments.py "${@:2}" || status=$?
     exit $status
     ;;
 package)
@@ -101,7 +126,7 @@ package)
     exec timeout 900 .ci/package
     ;;
 lint)
-    PYCONTAIN_WERROR=1 "${pip[@]}" -e '.[dev]'
+    PYCONTAIN_WERROR=1 PYCONTAIN_FAULTS=1 "${pip[@]}" -e '.[dev]'
     .venv/bin/ruff check pycontain tests bench setup.py
     .venv/bin/ruff format --check pycontain tests bench setup.py
     .venv/bin/mypy

@@ -17,6 +17,7 @@ const char *const pc_fault_names[PC_FAULT_COUNT] = {
     [PC_FAULT_AFTER_HOOK] = "after-hook",
     [PC_FAULT_BEFORE_EXEC] = "before-exec",
     [PC_FAULT_COLLECT_PID] = "collect-pid",
+    [PC_FAULT_WORKER_REFILL] = "worker-refill",
     [PC_FAULT_CLOSE_RANGE_ENOSYS] = "close-range-enosys",
     [PC_FAULT_NOMEM_AFTER_SPAWN] = "nomem-after-spawn",
 };

@@ -22,6 +22,7 @@ enum pc_fault_point {
     PC_FAULT_AFTER_HOOK,       /* container: after a hook returned */
     PC_FAULT_BEFORE_EXEC,      /* container: exec channel sent, before exec */
     PC_FAULT_COLLECT_PID,      /* caller: pid received, before "go" is sent */
+    PC_FAULT_WORKER_REFILL,    /* namespace worker: before it makes each namespace */
     /* failures (any value but 0 turns them on) */
     PC_FAULT_CLOSE_RANGE_ENOSYS, /* child: close_range says ENOSYS (pre-5.11 kernel) */
     PC_FAULT_NOMEM_AFTER_SPAWN,  /* _core: building the result fails after a spawn */

@@ -391,7 +391,8 @@ static void handle(struct collect *c, const struct pc_message *message, int pass
         c->hook = message->kind == PC_MESSAGE_HOOK_ENTER ? message->value : -1;
         break;
     case PC_MESSAGE_EXEC_CHANNEL:
-        if (c->exec_fd >= 0 || passed_fd < 0) {
+        /* Read without blocking: the deadline is polled for. */
+        if (c->exec_fd >= 0 || passed_fd < 0 || fcntl(passed_fd, F_SETFL, O_NONBLOCK) < 0) {
             c->broken = 1;
             break;
         }
@@ -612,8 +613,11 @@ int pc_fork_collect(struct pc_fork_state *state, pid_t helper, int timeout_ms,
         err->status = status;
         return -1;
     }
-    /* Exec'd. The helper has sent everything it had to: reap it. */
+    /* Exec'd. The helper has sent everything it had to, and may be slow to
+     * exit: end it rather than wait (the container is no longer in its
+     * group), and reap it. */
     if (c.helper_pidfd >= 0) {
+        pidfd_kill(c.helper_pidfd);
         reap_pidfd(c.helper_pidfd, &status);
         close(c.helper_pidfd);
     } else {

@@ -42,6 +42,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "faults.h"
 #include "internal.h"
 
 #ifndef PIDFD_GET_MNT_NAMESPACE
@@ -195,6 +196,7 @@ static int refill_pool(void)
 
         if (atomic_load(&pool[i]) != EMPTY)
             continue;
+        pc_fault_delay(PC_FAULT_WORKER_REFILL);
         /* Moves this thread (only) into a new namespace, which the fd then
          * keeps alive after the next unshare moves it on. Its lo is brought
          * up here, off the spawn's critical path. */

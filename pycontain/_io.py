@@ -53,7 +53,7 @@ def _fd_of(value: Any, name: str) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be None, PIPE, DEVNULL, an fd or a file object")
     if isinstance(value, int):
-        if value < 0:
+        if not 0 <= value < 2**31:
             raise ValueError(f"{name}: invalid value {value}")
         os.fstat(value)  # EBADF now, not in the child
         return value

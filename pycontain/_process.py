@@ -588,7 +588,7 @@ def _pass_fds(fds: Iterable[int]) -> tuple[int, ...]:
     for fd in fds:
         if isinstance(fd, bool) or not isinstance(fd, int):
             raise TypeError(f"pass_fds items must be ints, not {type(fd).__name__}")
-        if fd < 0:
+        if not 0 <= fd < 2**31:
             raise ValueError(f"pass_fds: invalid fd {fd}")
         os.fstat(fd)  # EBADF now, rather than in the container
         checked.append(fd)
