@@ -26,6 +26,15 @@ from pycontain import _core
 
 pytestmark = pytest.mark.usefixtures("worker_eventfd", "no_leaks")
 
+# Under ./run.sh asan: ASan cannot follow the CLONE_VM child (it runs on a
+# stack of its own in this address space), so tests that spawn through it
+# are skipped there; the fork path's are run.
+clone_vm = pytest.mark.skipif(
+    os.environ.get("PYCONTAIN_TEST_FORK_PATH") == "1",
+    reason="spawns through the CLONE_VM child, which ASan cannot follow",
+)
+
+
 needs_faults = pytest.mark.skipif(
     not hasattr(_core, "_set_fault"),
     reason="the extension was built without PYCONTAIN_FAULTS=1 (./run.sh test builds with it)",
@@ -101,14 +110,14 @@ _DELAY_POINTS = [
 @needs_faults
 @pytest.mark.parametrize("point", _DELAY_POINTS)
 def test_a_timeout_at_each_point_leaves_nothing_running(rootfs, fault, point, tmp_path):
-    """A 0.4 s stall at each point against a 0.1 s timeout: the spawn ends
-    in time (except where the stall is the caller's own), and whatever it
+    """A 2 s stall at each point against a 0.1 s timeout: the spawn ends in
+    time (except where the stall is the caller's own), and whatever it
     started is killed and reaped (no_leaks); the program never ran unless
     the spawn succeeded (a stall in the helper after its report delays
-    nothing)."""
+    nothing, so that spawn may succeed)."""
     writedir = tmp_path / "upper"
     writedir.mkdir()
-    fault(point, 400_000)
+    fault(point, 2_000_000)
     started = time.monotonic()
     try:
         p = pycontain.Process(
@@ -126,9 +135,9 @@ def test_a_timeout_at_each_point_leaves_nothing_running(rootfs, fault, point, tm
         p.kill()
         p.wait(TIMEOUT)
     elapsed = time.monotonic() - started
-    assert elapsed < (0.8 if point == "collect-pid" else 0.35), elapsed
-    assert spawned == (point == "helper-reported")
-    if not spawned:
+    assert elapsed < (3.5 if point == "collect-pid" else 1.5), elapsed
+    if point != "helper-reported":
+        assert not spawned
         assert not (writedir / "ran").exists()
 
 
@@ -445,6 +454,7 @@ def _mount_namespace_fds() -> set[str]:
     return held
 
 
+@clone_vm
 def test_a_forked_child_holds_no_container_mount_namespace(rootfs):
     pycontain.set_netns_pool(1)
     try:
