@@ -499,8 +499,15 @@ static void end_all(struct collect *c)
             ;
         c->group_alive = 0;
     }
-    if (c->helper_pidfd >= 0)
+    /* The helper itself, should the group not have been made (ECHILD when
+     * the loop above reaped it). */
+    if (c->helper_pidfd >= 0) {
+        reap_pidfd(c->helper_pidfd, &status);
         close(c->helper_pidfd);
+    } else {
+        while (waitpid(c->helper, NULL, 0) < 0 && errno == EINTR)
+            ;
+    }
     c->helper_pidfd = -1;
 }
 

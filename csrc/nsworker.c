@@ -40,6 +40,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "faults.h"
@@ -123,11 +124,22 @@ static void drain(void)
     }
 }
 
+/* Waits for the moves under way, but not for ever: a move is a few system
+ * calls, yet the worker runs at idle priority and may be preempted in one;
+ * a fork is not held up by more than 50 ms for that (the child may then
+ * keep one pool namespace). */
 static void before_fork(void)
 {
+    struct timespec start, now;
+
     atomic_fetch_add(&forking, 1);
-    while (atomic_load(&moving) != 0)
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (atomic_load(&moving) != 0) {
         sched_yield();
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec) > 50000000L)
+            break;
+    }
 }
 
 static void after_fork_in_parent(void)
@@ -200,10 +212,14 @@ static int refill_pool(void)
         /* Moves this thread (only) into a new namespace, which the fd then
          * keeps alive after the next unshare moves it on. Its lo is brought
          * up here, off the spawn's critical path. */
+        if (unshare(CLONE_NEWNET) < 0 || pc_network_loopback_up(&unused) < 0) {
+            atomic_store(&worker_errno, errno);
+            atomic_store(&target_size, 0);
+            return -1;
+        }
         enter();
         fd = -1;
-        if (unshare(CLONE_NEWNET) < 0 || pc_network_loopback_up(&unused) < 0 ||
-            (fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)) < 0 ||
+        if ((fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)) < 0 ||
             fstat(fd, &namespace) < 0) {
             atomic_store(&worker_errno, errno);
             atomic_store(&target_size, 0);
