@@ -149,11 +149,15 @@ def test_timeouts_landing_anywhere_in_the_spawn_leave_nothing(rootfs):
     running) remains. Before pycontain reported the pid first, a timeout
     between the helper's clone and its report left the container running.
     """
-    # How long a spawn of the fork path takes here, to spread timeouts over.
-    started = time.monotonic()
-    with pycontain.Process(["/bin/true"], layers=[rootfs], env=BB_ENV, timeout=TIMEOUT) as p:
-        p.wait(TIMEOUT)
-    duration = max(time.monotonic() - started, 0.002)
+    # How long a spawn of the fork path takes here (the median of five), to
+    # spread timeouts over.
+    durations = []
+    for _ in range(5):
+        started = time.monotonic()
+        with pycontain.Process(["/bin/true"], layers=[rootfs], env=BB_ENV, timeout=TIMEOUT) as p:
+            durations.append(time.monotonic() - started)
+            p.wait(TIMEOUT)
+    duration = max(sorted(durations)[2], 0.002)
     rng = random.Random(1234)
     before = child_pids()
     outcomes = {"spawned": 0, "timed out": 0}
@@ -170,6 +174,7 @@ def test_timeouts_landing_anywhere_in_the_spawn_leave_nothing(rootfs):
             p.kill()
             p.wait(TIMEOUT)
         assert child_pids() <= before, f"a container was left at timeout={timeout:.4f}"
+    print(f"timeout sweep: {outcomes}, spawn {duration * 1000:.1f} ms")
     assert outcomes["timed out"] > 0
 
 
