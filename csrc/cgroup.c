@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "nocancel.h"
 
 int pc_cgroup_join(const struct pc_child_args *args, struct pc_error *err)
 {
@@ -24,7 +25,7 @@ int pc_cgroup_join(const struct pc_child_args *args, struct pc_error *err)
         ssize_t written;
 
         do
-            written = write(request->cgroup_procs_fds[i], "0", 1);
+            written = pc_write_nocancel(request->cgroup_procs_fds[i], "0", 1);
         while (written < 0 && errno == EINTR);
         if (written < 0)
             return pc_fail(err, PC_STEP_JOIN_CGROUP, errno, NULL);

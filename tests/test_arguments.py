@@ -190,7 +190,7 @@ def test_the_child_makes_no_cancellable_libc_calls(tmp_path):
         "ppoll", "nanosleep", "clock_nanosleep", "sendmsg", "recvmsg", "send", "recv",
         "waitpid", "waitid", "__open_2", "__open64_2", "creat",
     }  # fmt: skip
-    for source in ("child.c", "rootfs.c", "fds.c", "identity.c", "faults.c"):
+    for source in ("child.c", "rootfs.c", "fds.c", "identity.c", "cgroup.c", "faults.c"):
         obj = tmp_path / (source + ".o")
         subprocess.run(
             [
@@ -427,7 +427,27 @@ _KEYWORDS = {
     "timeout": _either(
         st.one_of(st.none(), st.floats(min_value=-1, max_value=1e12), st.just(float("nan")))
     ),
+    "limits": _either(
+        st.dictionaries(
+            st.sampled_from(["memory", "swap", "pids", "cpu", "cpu_weight", "x"]),
+            st.one_of(
+                _INTS,
+                st.floats(allow_nan=True),
+                st.sampled_from(["512M", "1G", "-1", "", "max", "1e3"]),
+            ),
+            max_size=3,
+        )
+    ),
 }
+
+
+def test_the_fuzz_covers_every_keyword():
+    from pycontain._container import ProcessSettings
+
+    public = {name for name in ProcessSettings.__annotations__ if not name.startswith("_")}
+    assert public == set(_KEYWORDS)
+
+
 # Ending ones: exceptions a call may raise at all, and the ones it may raise
 # only before anything was spawned.
 _REFUSALS = (TypeError, ValueError, LookupError, subprocess.SubprocessError)
