@@ -295,6 +295,46 @@ def test_a_process_a_callback_forked_does_not_hold_up_the_spawn(rootfs):
     assert spawned < 3
 
 
+def test_a_fork_in_another_thread_does_not_hold_up_the_spawn(rootfs):
+    """Another thread forks all the while (its children linger 2 s with a
+    copy of every fd, the spawn's channel too, when the fork lands in the
+    middle of a spawn): no spawn waits for them."""
+    import threading
+    import warnings
+
+    stop = threading.Event()
+    forked: list[int] = []
+
+    def fork_repeatedly() -> None:
+        while not stop.is_set():
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(2)
+                os._exit(0)
+            forked.append(pid)
+            time.sleep(0.003)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
+        forker = threading.Thread(target=fork_repeatedly)
+        forker.start()
+        try:
+            slowest = 0.0
+            for _ in range(15):
+                started = time.monotonic()
+                with pycontain.Process(
+                    ["/bin/sleep", "5"], layers=[rootfs], env=BB_ENV, timeout=TIMEOUT
+                ) as p:
+                    slowest = max(slowest, time.monotonic() - started)
+                    p.kill()
+        finally:
+            stop.set()
+            forker.join()
+            for pid in forked:
+                os.waitpid(pid, 0)
+    assert slowest < 1.5
+
+
 # -- who is told, and who is signalled ----------------------------------------
 
 
