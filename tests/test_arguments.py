@@ -105,7 +105,7 @@ call(groups=[2**32 - 1])
 call(groups=b"abc")
 call(argv=[b"a\\0b"])
 call(stdio=[-1, -1, 2**40])
-call(layer_fds=[True] * 0 + ["3"])
+call(layer_fds=["3"])
 call(exec_paths=[b"/bin/true"], cwd="/")
 """
     )
