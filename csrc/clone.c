@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "faults.h"
 #include "internal.h"
 
 #ifndef CLONE_PIDFD
@@ -128,8 +129,11 @@ pid_t pc_clone(unsigned long namespaces, int (*fn)(void *), void *arg, void *sta
              * memory. */
             *handlers_cleared = clear_sighand;
             *in_cgroup = into_cgroup;
-            ret = pc_clone3_raw(&args, into_cgroup ? CLONE_ARGS_SIZE_VER2 : CLONE_ARGS_SIZE_VER0,
-                                fn, arg);
+            ret = pc_fault_on(PC_FAULT_CLONE3_EINVAL)
+                      ? -EINVAL
+                      : pc_clone3_raw(&args,
+                                      into_cgroup ? CLONE_ARGS_SIZE_VER2 : CLONE_ARGS_SIZE_VER0, fn,
+                                      arg);
             if (ret >= 0) {
                 if (dropped_clear_sighand)
                     clear_sighand_missing = 1;

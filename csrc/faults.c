@@ -19,6 +19,7 @@ const char *const pc_fault_names[PC_FAULT_COUNT] = {
     [PC_FAULT_COLLECT_PID] = "collect-pid",
     [PC_FAULT_WORKER_REFILL] = "worker-refill",
     [PC_FAULT_CLOSE_RANGE_ENOSYS] = "close-range-enosys",
+    [PC_FAULT_CLONE3_EINVAL] = "clone3-einval",
     [PC_FAULT_NOMEM_AFTER_SPAWN] = "nomem-after-spawn",
 };
 

@@ -25,6 +25,7 @@ enum pc_fault_point {
     PC_FAULT_WORKER_REFILL,    /* namespace worker: before it makes each namespace */
     /* failures (any value but 0 turns them on) */
     PC_FAULT_CLOSE_RANGE_ENOSYS, /* child: close_range says ENOSYS (pre-5.11 kernel) */
+    PC_FAULT_CLONE3_EINVAL,      /* parent: clone3 says EINVAL, with or without a flag */
     PC_FAULT_NOMEM_AFTER_SPAWN,  /* _core: building the result fails after a spawn */
     PC_FAULT_COUNT
 };
