@@ -354,7 +354,7 @@ struct collect {
     int channel_open;
     int hook;     /* the hook it is in, -1: none */
     int failed;   /* err holds a record */
-    int execed;   /* EOF on the exec pipe, or EXECED */
+    int execed;   /* EOF on the exec pipe without a record */
     int exec_eof; /* EOF on the exec pipe */
     int broken;   /* a message that is not ours */
 };
@@ -398,9 +398,6 @@ static void handle(struct collect *c, const struct pc_message *message, int pass
         }
         c->exec_fd = passed_fd;
         passed_fd = -1;
-        break;
-    case PC_MESSAGE_EXECED:
-        c->execed = 1;
         break;
     default:
         c->broken = 1;
@@ -450,8 +447,7 @@ static void drain_exec_pipe(struct collect *c, struct pc_error *err)
             c->execed = !c->failed;
             return;
         }
-        if (n != (ssize_t)sizeof message ||
-            (message.kind != PC_MESSAGE_ERROR && message.kind != PC_MESSAGE_EXECED)) {
+        if (n != (ssize_t)sizeof message || message.kind != PC_MESSAGE_ERROR) {
             c->broken = 1;
             return;
         }

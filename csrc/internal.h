@@ -39,8 +39,9 @@
  * answer: the helper sends PID with the container's pidfd, the caller
  * answers GO, the container's process brackets each hook with
  * HOOK_ENTER / HOOK_LEAVE and, after its last hook, sends EXEC_CHANNEL with
- * the read end of a pipe that only it holds: EOF there (or EXECED, from an
- * init that execs the program itself) is the exec. */
+ * the read end of a pipe that only it holds: EOF there is the exec (of the
+ * program, or of an init, which then reports the program's exec itself on
+ * a channel of its own). */
 enum pc_message_kind {
     PC_MESSAGE_ERROR = 1,
     PC_MESSAGE_PID,        /* value: the container's pid; carries its pidfd */
@@ -48,7 +49,6 @@ enum pc_message_kind {
     PC_MESSAGE_HOOK_LEAVE,
     PC_MESSAGE_GO,           /* caller to container: it has the pidfd, go on */
     PC_MESSAGE_EXEC_CHANNEL, /* carries the read end of the exec pipe */
-    PC_MESSAGE_EXECED,       /* the program was exec'd (for an init that reports it) */
 };
 
 struct pc_message {
