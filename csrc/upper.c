@@ -1,6 +1,7 @@
 /* Child side: handing the throwaway writable layer to the parent.
  *
- * Runs between clone and exec: async-signal-safe only (sendmsg is).
+ * Runs between clone and exec: async-signal-safe only (sendmsg is; the raw
+ * one, as libc's is a cancellation point, see nocancel.h).
  *
  * Without a writedir the overlay's upper directory lives on the scratch
  * tmpfs, which pivot_root detaches from every tree: no path reaches it
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "nocancel.h"
 
 int pc_upper_share(const struct pc_spawn_request *request, const struct pc_root *root,
                    struct pc_error *err)
@@ -41,7 +43,8 @@ int pc_upper_share(const struct pc_spawn_request *request, const struct pc_root 
 
     if (request->upper_socket < 0 || request->upper_fd >= 0)
         return 0;
-    upper = openat(root->scratch_fd, "upper", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    upper = pc_openat_nocancel(root->scratch_fd, "upper",
+                               O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (upper < 0)
         return pc_fail(err, PC_STEP_SHARE_UPPER, errno, "upper");
     memset(control.buffer, 0, sizeof control.buffer);
@@ -51,9 +54,9 @@ int pc_upper_share(const struct pc_spawn_request *request, const struct pc_root 
     header->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(header), &upper, sizeof(int));
     do
-        sent = sendmsg(request->upper_socket, &message, MSG_NOSIGNAL);
+        sent = syscall(SYS_sendmsg, request->upper_socket, &message, MSG_NOSIGNAL);
     while (sent < 0 && errno == EINTR);
-    close(upper);
+    pc_close_nocancel(upper);
     if (sent < 0)
         return pc_fail(err, PC_STEP_SHARE_UPPER, errno, "upper");
     return 0;

@@ -174,7 +174,7 @@ def test_the_child_makes_no_cancellable_libc_calls(tmp_path):
     }  # fmt: skip
     for source in (
         "child.c", "rootfs.c", "beneath.c", "kernelfs.c", "binds.c", "fds.c", "identity.c",
-        "cgroup.c", "privileges.c", "network.c", "faults.c",
+        "cgroup.c", "privileges.c", "network.c", "upper.c", "faults.c",
     ):  # fmt: skip
         obj = tmp_path / (source + ".o")
         subprocess.run(
@@ -419,6 +419,7 @@ _KEYWORDS = {
         )
     ),
     "privileged": _either(st.booleans()),
+    "keep_upper": _either(st.booleans()),
     "seccomp": _either(st.sampled_from(["default", None, "x", b"", b"\0" * 8, b"\0" * 7])),
     "network": _either(st.sampled_from(["none", "host", "x", None])),
     "binds": _either(
@@ -528,11 +529,7 @@ def test_fuzz_every_keyword(rootfs, fuzz_stats, args, keywords):
         fuzz_stats["os_errors"] += 1
     else:
         fuzz_stats["spawned"] += 1
-        process.kill()
-        process.wait(TIMEOUT)
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+        process.close()  # kills it, closes the pipes, reaps it, releases the rest
     finally:
         _core.spawn = real
     assert time.monotonic() - started < TIMEOUT, "hang"
