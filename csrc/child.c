@@ -123,7 +123,7 @@ static __attribute__((noreturn)) void run_as_program(const struct pc_child_args 
     const struct pc_hooks *hooks = args->request->hooks;
     struct pc_error unreported;
 
-    close(args->error_fd);
+    pc_close_nocancel(args->error_fd);
     _exit(hooks->run(hooks->context, PC_HOOK_MAIN, &unreported) < 0 ? 1 : 0);
 }
 
