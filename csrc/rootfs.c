@@ -321,7 +321,7 @@ int pc_rootfs_seal_dev(const struct pc_root *root, struct pc_error *err)
     if (mount(NULL, dev_path.text, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC,
               NULL) < 0)
         rc = pc_fail(err, PC_STEP_SEAL_DEV, errno, "/dev");
-    close(dev);
+    pc_close_nocancel(dev);
     return rc;
 }
 
