@@ -500,7 +500,7 @@ def fuzz_stats():
 )
 def test_fuzz_every_keyword(rootfs, fuzz_stats, args, keywords):
     keywords.setdefault("env", BB_ENV)
-    if os.environ.get("PYCONTAIN_TEST_FORK_PATH") == "1" and not keywords.get("timeout"):
+    if os.environ.get("PYCONTAIN_TEST_FORK_PATH") == "1" and keywords.get("timeout") is None:
         keywords["timeout"] = TIMEOUT  # under ASan: stay off the CLONE_VM child
     fds, children = fd_count(), child_pids()
     calls: list[int] = []
