@@ -130,6 +130,6 @@ lint)
     .venv/bin/ruff check pycontain tests bench setup.py
     .venv/bin/ruff format --check pycontain tests bench setup.py
     .venv/bin/mypy
-    .venv/bin/clang-format --dry-run --Werror csrc/*.c csrc/*.h pycontain/_core.c
+    .venv/bin/clang-format --dry-run --Werror csrc/*.c csrc/*.h csrc/init/*.c csrc/init/*.h pycontain/_core.c
     ;;
 esac

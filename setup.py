@@ -1,7 +1,10 @@
-"""Build pycontain's C extension: the core in csrc/ plus the CPython glue."""
+"""Build pycontain's C extension (the core in csrc/ plus the CPython glue) and
+its init, pycontain/pycontain-init (csrc/init/), a static program of its own."""
 
 import glob
 import os
+import platform
+import subprocess
 import sys
 
 from setuptools import Extension, setup
@@ -13,11 +16,14 @@ if not sys.platform.startswith("linux"):
         "in a Linux VM, or in WSL 2."
     )
 
+from setuptools.command.build_ext import build_ext  # noqa: E402 - after the platform check
+
 # Warnings are errors in development and CI builds (PYCONTAIN_WERROR=1), not
 # in users' builds, where a newer compiler's new warning must not break them.
-extra_compile_args = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wshadow", "-fvisibility=hidden"]
+warnings = ["-Wall", "-Wextra", "-Wshadow"]
 if os.environ.get("PYCONTAIN_WERROR") == "1":
-    extra_compile_args.append("-Werror")
+    warnings.append("-Werror")
+extra_compile_args = ["-std=gnu11", "-O2", *warnings, "-fvisibility=hidden"]
 # Fault injection (csrc/faults.h) for the test builds of ./run.sh only.
 if os.environ.get("PYCONTAIN_FAULTS") == "1":
     extra_compile_args.append("-DPC_FAULTS")
@@ -32,6 +38,34 @@ if sanitizer == "undefined":
 elif sanitizer == "address":
     extra_compile_args += ["-fsanitize=address", "-fno-omit-frame-pointer", "-O1"]
 
+INIT_SOURCES = ["csrc/init/init.c", "csrc/error.c"]
+INIT_NAME = "pycontain-init"
+
+
+def init_command(compiler: str, output: str) -> list[str]:
+    """The init runs in a root filesystem that may have no libc, and starts at
+    every spawn: static, and without libc where csrc/init/sys.h has raw
+    syscalls (x86-64, arm64), which saves glibc's ~0.3 ms start-up. Never
+    sanitized: it runs alone, without the sanitizers' runtime."""
+    flags = ["-std=gnu11", "-Os", *warnings, "-static", "-fno-pie", "-no-pie"]
+    if platform.machine() in ("x86_64", "aarch64"):
+        flags += ["-nostdlib", "-fno-stack-protector", "-fno-asynchronous-unwind-tables"]
+    else:
+        flags += ["-DPC_INIT_LIBC"]
+    return [compiler, *flags, "-o", output, *INIT_SOURCES]
+
+
+class BuildWithInit(build_ext):
+    """build_ext, plus the init executable beside the extension."""
+
+    def run(self) -> None:
+        super().run()
+        package_dir = "pycontain" if self.inplace else os.path.join(self.build_lib, "pycontain")
+        os.makedirs(package_dir, exist_ok=True)
+        compiler = os.environ.get("CC", "cc").split()[0]
+        subprocess.run(init_command(compiler, os.path.join(package_dir, INIT_NAME)), check=True)
+
+
 core = Extension(
     "pycontain._core",
     sources=[*sorted(glob.glob("csrc/*.c")), "pycontain/_core.c"],
@@ -41,4 +75,4 @@ core = Extension(
     extra_link_args=[f"-fsanitize={sanitizer}"] if sanitizer else [],
 )
 
-setup(ext_modules=[core])
+setup(ext_modules=[core], cmdclass={"build_ext": BuildWithInit})

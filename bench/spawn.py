@@ -33,11 +33,14 @@ Candidates, each timed as the wall time of spawn + wait of busybox ``true``:
    layers and settings are checked once, not per spawn. A separate phase
    times that Python-side preparation alone (no spawn), interleaved, to show
    what a Container saves per spawn.
-6. ``pycontain, netns pool off``: the same isolation with
+6. ``pycontain, init=False``: the program itself as the container's PID 1,
+   without pycontain's init (by default the init is PID 1 and starts the
+   program): the difference is what the init costs per spawn.
+7. ``pycontain, netns pool off``: the same isolation with
    ``netns_pool=False``, so that the network namespace is made during the
    spawn (by default pycontain takes a fresh one that its pool's thread made
    ahead of time; each is used once). Shown when pycontain has the pool.
-7. ``pycontain, limits=``: the default isolation plus a cgroup of its own
+8. ``pycontain, limits=``: the default isolation plus a cgroup of its own
    with ``limits={"memory": "256M", "pids": 64, "cpu": 1.0}`` (made before
    the clone, limits written, joined by the child, accounting read and the
    cgroup removed after the reap: on cgroup v1 one directory in each of the
@@ -332,11 +335,13 @@ def extra_pycontain_options(
 ) -> tuple[list[tuple[str, dict[str, object]]], str]:
     """pycontain variants worth timing: (name, keywords) pairs, or why none."""
     parameters = inspect.signature(pycontain.Process).parameters
+    variants: list[tuple[str, dict[str, object]]] = []
+    if "init" in parameters:
+        # The program as PID 1, without pycontain's init: what the init costs.
+        variants.append(("pycontain, init=False", {"init": False, "die_with_parent": False}))
     if "netns_pool" not in parameters:
-        return [], "this pycontain has no network namespace pool"
-    variants: list[tuple[str, dict[str, object]]] = [
-        ("pycontain, netns pool off", {"netns_pool": False})
-    ]
+        return variants, "" if variants else "this pycontain has no network namespace pool"
+    variants.append(("pycontain, netns pool off", {"netns_pool": False}))
     if "limits" in parameters:
         limits = {"memory": "256M", "pids": 64, "cpu": 1.0}
         variants.append(("pycontain, limits=", {"limits": limits}))

@@ -212,6 +212,9 @@ static int run_steps(struct pc_child_args *args, struct pc_error *err)
     pc_trace(request, PC_STEP_EXEC);
     if (request->hooks != NULL && (request->hooks->points & (1U << PC_HOOK_MAIN)))
         run_as_program(args); /* pycontain.call: no exec; does not return */
+    /* The init as PID 1 (it starts the program), or the program itself. */
+    if (request->init_fd >= 0)
+        return pc_lifecycle_exec_init(request, err);
     return exec_program(request, err);
 }
 

@@ -19,6 +19,7 @@
  *   privileges.c child side: session, keyring, capabilities, no_new_privs,
  *              seccomp
  *   network.c  the loopback device of a new network namespace
+ *   lifecycle.c child side: exec of the init (init/init.c)
  *   overlay.c  parent side: the overlayfs mount options
  *   upper.c    child side: the throwaway upper directory's fd, to the parent
  *   error.c    error records (convention in error.h)
@@ -49,6 +50,9 @@ enum pc_message_kind {
     PC_MESSAGE_HOOK_LEAVE,
     PC_MESSAGE_GO,           /* caller to container: it has the pidfd, go on */
     PC_MESSAGE_EXEC_CHANNEL, /* carries the read end of the exec pipe */
+    /* From the init (init/init.c), on its status pipe, not the error pipe: */
+    PC_MESSAGE_EXEC_OK, /* the program has been exec'd */
+    PC_MESSAGE_STATUS,  /* value: the program's wait status; the init exits next */
 };
 
 struct pc_message {
@@ -148,6 +152,10 @@ int pc_fds_close_others(const struct pc_spawn_request *request, struct pc_error 
 
 /* cgroup.c (child side, async-signal-safe) */
 int pc_cgroup_join(const struct pc_child_args *args, struct pc_error *err);
+
+/* lifecycle.c (child side, async-signal-safe): exec the init (returns
+ * only on failure). */
+int pc_lifecycle_exec_init(const struct pc_spawn_request *request, struct pc_error *err);
 
 /* identity.c (child side, async-signal-safe) */
 int pc_identity_apply(const struct pc_spawn_request *request, struct pc_error *err);

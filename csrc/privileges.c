@@ -65,7 +65,10 @@ int pc_privileges_leave_process_group(const struct pc_spawn_request *request, st
      * group), so neither can fail with EPERM. A new session only when it
      * is needed: with scheduler autogroups (most distributions) setsid
      * also moves the process into a new scheduling group, which on a busy
-     * machine costs a trip through the scheduler (~0.1-0.5 ms measured). */
+     * machine costs a trip through the scheduler (~0.1-0.5 ms measured).
+     * stay_in_caller_group: the caller's opt-out (new_session=False). */
+    if (request->stay_in_caller_group)
+        return 0;
     if ((request->new_session ? setsid() : setpgid(0, 0)) < 0)
         return pc_fail(err, PC_STEP_PROCESS_GROUP, errno, NULL);
     return 0;

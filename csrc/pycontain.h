@@ -154,13 +154,26 @@ struct pc_spawn_request {
     int last_capability;
 
     /* The program gets a process group of its own, and with new_session
-     * (for a caller with a controlling terminal) a session of its own. */
+     * (for a caller with a controlling terminal) a session of its own;
+     * with stay_in_caller_group, neither (the caller's opt-out). */
     int new_session;
+    int stay_in_caller_group;
 
     /* A seccomp BPF program (an array of struct sock_filter) loaded as the
      * last step before exec, or NULL for none. */
     const void *seccomp_filter;
     size_t seccomp_length; /* instructions */
+
+    /* The init (csrc/init/init.c): when init_fd >= 0 (an fd of its
+     * executable, typically a sealed memfd), the child's last step execs it
+     * by fd with init_argv (which names the program's paths and argv) and
+     * envp, instead of the program; the init starts the program and stays
+     * PID 1. init_keep_fds (the init's status pipe, the owner's pidfd)
+     * stay open across that exec; the init keeps them from the program. */
+    int init_fd;
+    char *const *init_argv;
+    const int *init_keep_fds;
+    size_t init_keep_fd_count;
 
     /* Take the new network namespace from the pool (nsworker.c) when it
      * has one ready; 0: always make it during clone. */

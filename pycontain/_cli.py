@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -194,6 +195,7 @@ _BY_NAME = {
     "umask": _OptionKind("OCTAL", _octal),
     "scratch_size": _OptionKind("SIZE", _size),
     "shm_size": _OptionKind("SIZE", _size),
+    "die_with_parent": _OptionKind(None, str, flag=True),  # bool | None: unset is None
 }
 # A repeatable option is named for one item.
 _OPTION_NAMES = {
@@ -227,6 +229,12 @@ _HELP = {
     "network": "none (a network namespace of its own, loopback only) or host",
     "scratch_size": "size of the writable layer's tmpfs (without --writedir)",
     "shm_size": "size of /dev/shm",
+    "init": "pycontain's init as PID 1, which starts the program and forwards signals to it "
+    "(default; --no-init: the program is PID 1)",
+    "die_with_parent": "kill the container when this command dies, however it dies "
+    "(default: with --init)",
+    "new_session": "a process group (and, with a terminal, a session) of its own "
+    "(default; --no-new-session: this command's)",
 }
 
 
@@ -367,37 +375,47 @@ def run_command(options: argparse.Namespace, command: list[str]) -> int:
     except (ValueError, TypeError, OSError) as error:
         print(f"pycontain: {error}", file=sys.stderr)
         return EXIT_START_FAILED
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_terminated)
-    # Held until the Process exists, so that an interrupt cannot land
-    # between the spawn and the handle that ends the container.
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _ENDING_SIGNALS)
+    # Until the Process exists, an ending signal is only noted (an exception
+    # then could lose the handle of a container that already runs), and
+    # not blocked either: the program would inherit the blocked mask.
+    pending: list[int] = []
+    for ending in _ENDING_SIGNALS:
+        signal.signal(ending, lambda signum, frame: pending.append(signum))
     try:
+        process = Process._spawn(container, command, cwd=options.cwd, env=env)
+    except SpawnError as error:
+        print(error, file=sys.stderr)
+        return _exit_status_for_spawn_error(error)
+    except (ValueError, TypeError, OSError) as error:
+        print(f"pycontain: {error}", file=sys.stderr)
+        return EXIT_START_FAILED
+    for ending in _ENDING_SIGNALS:
+        signal.signal(ending, _raise_terminated)
+    # The container is in a process group (and, with a terminal, a session)
+    # of its own, so a Ctrl-C or a supervisor's SIGTERM reaches only this
+    # process: pass it on, as docker run does, and let the program decide.
+    # Its init forwards it to the program; without the init (a PID 1 drops
+    # signals it has no handler for) the container is ended instead.
+    deadline = None if options.timeout is None else time.monotonic() + options.timeout
+    while True:
+        for noted in pending:
+            if not container.init:
+                return _end(process, noted)
+            try:
+                process.send_signal(noted)
+            except ProcessLookupError:
+                pass  # it has just ended
+        pending = []
         try:
-            process = Process._spawn(container, command, cwd=options.cwd, env=env)
-        except SpawnError as error:
-            print(error, file=sys.stderr)
-            return _exit_status_for_spawn_error(error)
-        except (ValueError, TypeError, OSError) as error:
-            print(f"pycontain: {error}", file=sys.stderr)
-            return EXIT_START_FAILED
-    finally:
-        try:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        except KeyboardInterrupt:
-            return _end(locals().get("process"), signal.SIGINT)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            code = process.wait(remaining)
+            break
+        except TimeoutExpired:
+            print(f"pycontain: timed out after {options.timeout:g} s; killed", file=sys.stderr)
+            _end(process, signal.SIGKILL)
+            return EXIT_TIMEOUT
         except _Terminated as terminated:
-            return _end(locals().get("process"), terminated.signum)
-    try:
-        code = process.wait(options.timeout)
-    except TimeoutExpired:
-        print(f"pycontain: timed out after {options.timeout:g} s; killed", file=sys.stderr)
-        _end(process, signal.SIGKILL)
-        return EXIT_TIMEOUT
-    except KeyboardInterrupt:
-        return _end(process, signal.SIGINT)
-    except _Terminated as terminated:
-        return _end(process, terminated.signum)
+            pending.append(terminated.signum)
     return code if code >= 0 else SIGNAL_BASE - code
 
 

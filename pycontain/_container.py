@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Unpack, overload
 
-from . import _callbacks, _cgroup, _mounts, _privileges, _spawn
+from . import _callbacks, _cgroup, _lifecycle, _mounts, _privileges, _spawn
 from ._io import Stream
 from ._privileges import Network, Seccomp
 from ._spawn import Env, StrOrBytesPath
@@ -73,6 +73,9 @@ class ContainerSettings(TypedDict, total=False):
     tmpfs: Tmpfs | None
     scratch_size: int | None
     shm_size: int | None
+    init: bool
+    die_with_parent: bool | None
+    new_session: bool
 
 
 class _Layers(TypedDict, total=False):
@@ -110,7 +113,7 @@ class TextSettings(TypedDict, total=False):
     text: bool | None
     encoding: str | None
     errors: str | None
-    bufsize: int
+    bufsize: int | None
     universal_newlines: bool | None
 
 
@@ -218,6 +221,15 @@ class Container:
     loads no default filter. ``network="none"``: a network namespace of its
     own with ``lo`` up; ``"host"``: the host's (no network isolation).
 
+    Its life (docs/init.md): ``init=True`` (the default) makes pycontain's
+    small init the container's PID 1, which starts the program, forwards
+    signals to it, reaps orphans and reports its status (``init=False``:
+    the program itself is PID 1, which gets only the signals it handles);
+    ``die_with_parent`` (default: same as ``init``) has the init kill the
+    container as soon as this Python process has exited, however it died;
+    ``new_session=True`` (the default) puts the container in a session and
+    process group of its own, out of reach of this one's terminal.
+
     A Container is an immutable value: checked when made (bad values raise
     here, as a spawn would), comparable, hashable, picklable (when its
     callbacks are), and changed only by :meth:`replace`, which returns a new
@@ -247,6 +259,9 @@ class Container:
     tmpfs: Tmpfs | None = None
     scratch_size: int | None = None
     shm_size: int | None = None
+    init: bool = True
+    die_with_parent: bool | None = None
+    new_session: bool = True
     # Checked and encoded once, reused by every spawn (not part of the value).
     _plan: _spawn.ContainerPlan = dataclasses.field(
         init=False, repr=False, compare=False, hash=False
@@ -280,6 +295,12 @@ class Container:
         mounts = _mounts.check(
             scratch_size=self.scratch_size, shm_size=self.shm_size, binds=binds, tmpfs=tmpfs
         )
+        die_with_parent = _lifecycle.check(self.init, self.die_with_parent, self.new_session)
+        if self.init and limits is not None and limits.pids == 1:
+            raise ValueError(
+                "limits['pids']=1 leaves no room for the program: pycontain's init counts "
+                "as one of the container's processes (use pids >= 2, or init=False)"
+            )
         plan = _spawn.plan(
             layers=layers,
             writedir=self.writedir,
@@ -289,6 +310,9 @@ class Container:
             keep_upper=bool(self.keep_upper),
             limits=limits,
             mounts=mounts,
+            init=self.init,
+            die_with_parent=die_with_parent,
+            new_session=self.new_session,
         )
         # Normalised, so that equal descriptions compare (and hash) equal.
         set_field = object.__setattr__

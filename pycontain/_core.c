@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "faults.h"
+#include "internal.h"
 #include "pycontain.h"
 
 #ifndef P_PIDFD
@@ -519,7 +520,8 @@ PyDoc_STRVAR(spawn_doc,
              "      scratch_size=0, dev_size=0, dev_inodes=0, shm_size=0, binds=None,\n"
              "      tmpfs=None, force_resolve_walk=False,\n"
              "      privileged=False, capabilities=0, last_capability=CAP_LAST_CAP,\n"
-             "      seccomp=None, new_session=True, upper_socket=-1, main=None)\n"
+             "      seccomp=None, new_session=True, upper_socket=-1, main=None, init_fd=-1,\n"
+             "      init_argv=None, init_keep_fds=(), stay_in_caller_group=False)\n"
              "      -> (pid, pidfd, mntns)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
@@ -537,7 +539,8 @@ PyDoc_STRVAR(spawn_doc,
              "capability N); seccomp: None or bytes of struct sock_filter to load last.\n"
              "upper_socket: an AF_UNIX datagram socket the child sends an fd of the\n"
              "throwaway upper directory over (csrc/upper.c), or -1.\n"
-             "main (a callable) runs instead of the exec, as the program (pycontain.call).");
+             "main (a callable) runs instead of the exec, as the program (pycontain.call).\n"
+             "init_fd >= 0: exec that init with init_argv as the last step (csrc/init/).");
 
 static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -584,6 +587,10 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "new_session",
                                "upper_socket",
                                "main",
+                               "init_fd",
+                               "init_argv",
+                               "init_keep_fds",
+                               "stay_in_caller_group",
                                NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd_object, *layer_path_list, *rlimit_list;
     PyObject *group_list, *layer_fd_list, *stdio_list, *pass_fd_list, *result = NULL;
@@ -595,6 +602,10 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     unsigned long long capabilities = 0;
     PyObject *main_hook = Py_None;
     int upper_socket = -1;
+    int init_fd = -1, stay_in_caller_group = 0;
+    PyObject *init_argv_list = Py_None, *init_keep_list = NULL;
+    struct string_array init_argv = {0};
+    struct int_array init_keep_fds = {0};
     unsigned long long scratch_size = 0, dev_size = 0, dev_inodes = 0, shm_size = 0;
     struct pc_bind *binds = NULL;
     struct pc_tmpfs *tmpfs = NULL;
@@ -618,7 +629,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     struct pc_error err;
 
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOOOiOiOkOOOOOLLi|pOOOOipiOKKKKOOppKiOpiO", keywords, &argv_list,
+            args, kwargs, "OOOOOOOiOiOkOOOOOLLi|pOOOOipiOKKKKOOppKiOpiOiOOp", keywords, &argv_list,
             &envp_list, &exec_list, &cwd_object, &layer_path_list, &layer_fd_list,
             &upper_path_object, &upper_fd, &work_path_object, &work_fd, &scratch_object,
             &namespaces, &stdio_list, &pass_fd_list, &hostname_object, &rlimit_list, &group_list,
@@ -626,7 +637,8 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
             &format_exception, &timeout_ms, &use_netns_pool, &cgroup_fd, &cgroup_procs_list,
             &scratch_size, &dev_size, &dev_inodes, &shm_size, &bind_list, &tmpfs_list,
             &force_resolve_walk, &privileged, &capabilities, &last_capability, &seccomp,
-            &new_session, &upper_socket, &main_hook))
+            &new_session, &upper_socket, &main_hook, &init_fd, &init_argv_list, &init_keep_list,
+            &stay_in_caller_group))
         return NULL;
     if (convert_string_array(argv_list, &argv, "argv") < 0 ||
         convert_string_array(envp_list, &envp, "envp") < 0 ||
@@ -635,6 +647,9 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
         convert_int_array(layer_fd_list, &layer_fds, "layer_fds") < 0 ||
         convert_int_array(stdio_list, &stdio, "stdio") < 0 ||
         convert_int_array(pass_fd_list, &pass_fds, "pass_fds") < 0 ||
+        (init_fd >= 0 && convert_string_array(init_argv_list, &init_argv, "init_argv") < 0) ||
+        (init_keep_list != NULL &&
+         convert_int_array(init_keep_list, &init_keep_fds, "init_keep_fds") < 0) ||
         (cgroup_procs_list != NULL &&
          convert_int_array(cgroup_procs_list, &cgroup_procs_fds, "cgroup_procs_fds") < 0) ||
         convert_optional_string(cwd_object, &cwd, "cwd") < 0 ||
@@ -751,6 +766,11 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     request.capabilities = capabilities;
     request.last_capability = last_capability;
     request.new_session = new_session;
+    request.stay_in_caller_group = stay_in_caller_group;
+    request.init_fd = init_fd;
+    request.init_argv = init_argv.items;
+    request.init_keep_fds = init_keep_fds.items;
+    request.init_keep_fd_count = init_keep_fds.count;
 
     if (pre_pivot != Py_None || pre_exec != Py_None || main_hook != Py_None) {
         if ((pre_pivot != Py_None && !PyCallable_Check(pre_pivot)) ||
@@ -818,11 +838,42 @@ done:
     PyMem_Free(work_path);
     PyMem_Free(hostname);
     PyMem_Free(seccomp_filter);
+    PyMem_Free(init_argv.items);
+    PyMem_Free(init_keep_fds.items);
     free_binds(binds, bind_count);
     free_tmpfs(tmpfs, tmpfs_count);
     if (trace_buffer.obj != NULL)
         PyBuffer_Release(&trace_buffer);
     return result;
+}
+
+/* One message of the init's status pipe (init/init.c), read without
+ * blocking (the pipe is O_NONBLOCK): None when nothing is there yet. */
+static PyObject *core_read_message(PyObject *module, PyObject *arg)
+{
+    struct pc_message message;
+    long fd = PyLong_AsLong(arg);
+    ssize_t n;
+
+    (void)module;
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    memset(&message, 0, sizeof message);
+    do
+        n = read((int)fd, &message, sizeof message);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno == EAGAIN)
+        Py_RETURN_NONE;
+    if (n < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (n != 0 && n != (ssize_t)sizeof message) {
+        errno = EIO;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    message.error.detail[PC_DETAIL_MAX - 1] = '\0';
+    return Py_BuildValue("(iisiyi)", (int)message.kind, (int)message.value,
+                         pc_step_name(message.error.step), (int)message.error.err,
+                         message.error.detail, (int)message.error.status);
 }
 
 static PyObject *core_step_names(PyObject *module, PyObject *unused)
@@ -944,6 +995,9 @@ static PyMethodDef core_methods[] = {
     {"netns_pool", core_netns_pool, METH_VARARGS,
      "netns_pool([size]) -> (size, ready, errno, handed_out): configure (size >= 0) and\n"
      "report the pool"},
+    {"read_message", core_read_message, METH_O,
+     "read_message(fd) -> None | (kind, value, step, errno, detail, status): one message of\n"
+     "the init's status pipe, without blocking (kind 0: end of file)"},
     {"step_names", core_step_names, METH_NOARGS, "step_names() -> tuple of every step's name"},
     {"spawn", (PyCFunction)(void (*)(void))core_spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
     {"_clear_sighand_supported", core_clear_sighand_supported, METH_NOARGS,
@@ -965,6 +1019,9 @@ static int core_exec(PyObject *module)
         return -1;
     if (PyModule_AddIntConstant(module, "DEFAULT_NAMESPACES", PC_DEFAULT_NAMESPACES) < 0 ||
         PyModule_AddIntConstant(module, "STEP_COUNT", PC_STEP_COUNT) < 0 ||
+        PyModule_AddIntConstant(module, "MESSAGE_ERROR", PC_MESSAGE_ERROR) < 0 ||
+        PyModule_AddIntConstant(module, "MESSAGE_EXEC_OK", PC_MESSAGE_EXEC_OK) < 0 ||
+        PyModule_AddIntConstant(module, "MESSAGE_STATUS", PC_MESSAGE_STATUS) < 0 ||
         PyModule_AddIntConstant(module, "CLONE_NEWNS", CLONE_NEWNS) < 0 ||
         PyModule_AddIntConstant(module, "CLONE_NEWPID", CLONE_NEWPID) < 0 ||
         PyModule_AddIntConstant(module, "CLONE_NEWNET", CLONE_NEWNET) < 0 ||

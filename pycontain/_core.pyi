@@ -10,6 +10,9 @@ CLONE_NEWPID: int
 CLONE_NEWNET: int
 CLONE_NEWUTS: int
 CLONE_NEWIPC: int
+MESSAGE_ERROR: int
+MESSAGE_EXEC_OK: int
+MESSAGE_STATUS: int
 
 class StepError(Exception):
     """args: (step: str, errno: int, detail: bytes, status: int)"""
@@ -56,6 +59,10 @@ def spawn(
     capabilities: int = ...,
     last_capability: int = ...,
     seccomp: bytes | None = ...,
+    init_fd: int = ...,
+    init_argv: list[bytes] | None = ...,
+    init_keep_fds: list[int] = ...,
+    stay_in_caller_group: bool = ...,
     new_session: bool = ...,
     main: Callable[[], object] | None = ...,
 ) -> tuple[int, int, int]: ...
@@ -65,5 +72,6 @@ def wait_pidfd(
 def release(mntns: int, on_worker: bool = ..., /) -> bool: ...
 def _clear_sighand_supported() -> bool: ...
 def _set_fault(point: str, value: int, /) -> None: ...  # test builds only
+def read_message(fd: int, /) -> tuple[int, int, str, int, bytes, int] | None: ...
 def step_names() -> tuple[str, ...]: ...
 def netns_pool(size: int = ..., /) -> tuple[int, int, int, int]: ...

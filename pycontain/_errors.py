@@ -38,7 +38,7 @@ class TimeoutExpired(subprocess.TimeoutExpired):
     """A wait timed out; ``except subprocess.TimeoutExpired`` catches it too."""
 
 
-class CallbackError(SpawnError):
+class CallbackError(SpawnError, subprocess.SubprocessError):
     """A ``pre_pivot`` or ``pre_exec`` callback failed in the container.
 
     ``hook`` (also ``step``) is ``"pre_pivot"`` or ``"pre_exec"``. If the
@@ -47,6 +47,9 @@ class CallbackError(SpawnError):
     message on one line, and ``child_traceback`` holds the traceback
     formatted in the child (also in the message). If it ended its process (``os._exit``, a signal),
     ``exit_status`` is the exit status or ``-N`` for signal N.
+
+    Also a ``subprocess.SubprocessError``, as what Popen raises when its
+    ``preexec_fn`` fails.
     """
 
     hook: str

@@ -191,13 +191,16 @@ def pump(state: Communication, stdin: IO[Any] | None, deadline: float | None) ->
                         state.offset = len(state.input)
                     if state.offset >= len(state.input):
                         selector.unregister(fd)
-                        del state.open_fds[fd]
-                        stdin.close()
+                        state.open_fds.pop(fd, None)
+                        try:
+                            stdin.close()
+                        except BrokenPipeError:
+                            pass  # as subprocess: the program is gone
                 else:
                     data = os.read(fd, 32768)
                     if data:
                         state.chunks[fd].append(data)
                     else:
                         selector.unregister(fd)
-                        del state.open_fds[fd]
+                        state.open_fds.pop(fd, None)
     return True

@@ -13,12 +13,24 @@ import signal as signal_module
 import subprocess
 import threading
 import time
+import types
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, Any, Literal, Unpack, overload
 
-from . import _callbacks, _cgroup, _changes, _container, _core, _display, _io, _netns, _spawn
+from . import (
+    _callbacks,
+    _cgroup,
+    _changes,
+    _container,
+    _core,
+    _display,
+    _io,
+    _lifecycle,
+    _netns,
+    _spawn,
+)
 from ._changes import Change
 from ._container import Container, ProcessSettings, ProgramSettings
 from ._errors import TimeoutExpired
@@ -86,6 +98,7 @@ class Process:
     returncode: int | None = None
     _pidfd: int = -1
     _mntns: int = -1
+    _status_fd: int = -1
     _workdir: bytes | None = None
     _writedir_lock: int = -1
     _kept_upper: int = -1  # the throwaway upper (keep_upper=True), until close()
@@ -140,7 +153,7 @@ class Process:
         text: bool | None = None,
         encoding: str | None = None,
         errors: str | None = None,
-        bufsize: int = -1,
+        bufsize: int | None = -1,
         universal_newlines: bool | None = None,
         pre_exec: _callbacks.Callback | None = None,
         timeout: float | None = None,
@@ -172,6 +185,8 @@ class Process:
                 "but different. Pass one or the other."
             )
         self.text_mode = bool(text or universal_newlines or encoding or errors)
+        if bufsize is None:
+            bufsize = -1  # as Popen
         _io.check_options(encoding, errors, bufsize)
         self.container = container
         passed = _pass_fds(pass_fds)
@@ -197,7 +212,7 @@ class Process:
                 _netns.ensure_pool()
             if container._plan.limits is not None:
                 cgroup = _cgroup.create(container._plan.limits)
-            self.pid, self._pidfd, self._mntns = _spawn.spawn(
+            self.pid, self._pidfd, self._mntns, self._status_fd = _spawn.spawn(
                 prepared,
                 force_legacy_clone=_force_legacy_clone,
                 hooks=_callbacks.spawn_arguments(container.pre_pivot, pre_exec, _main),
@@ -241,6 +256,9 @@ class Process:
             self.close()
             raise
         self.stdin, self.stdout, self.stderr = files
+
+    # Process[bytes], Process[str], as Popen[bytes] in type hints.
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
     @property
     def universal_newlines(self) -> bool:
@@ -303,13 +321,18 @@ class Process:
                 reaped = _core.wait_pidfd(fd, os.WEXITED | os.WNOHANG)
             except ChildProcessError:
                 # Reaped behind our back (SIGCHLD set to SIG_IGN, or a stray
-                # os.wait()): the status is lost; subprocess reports 0 too.
-                self.returncode = 0
+                # os.wait()): the init's status is lost; subprocess reports 0.
+                code = 0
             else:
                 if reaped is None:
                     return None
-                self.returncode = _returncode(reaped[0], reaped[1])
+                code = _returncode(reaped[0], reaped[1])
                 self.rusage = resource.struct_rusage(reaped[2])
+            if self._status_fd >= 0:
+                # The init's exit is not the program's: its status message
+                # is (a PID 1 cannot die of its own SIGABRT).
+                code = _lifecycle.program_returncode(self._status_fd, code)
+            self.returncode = code
             self._finish_cgroup()
             self._ended = time.monotonic()
             self._close_if_done_locked()
@@ -328,6 +351,9 @@ class Process:
         if self.returncode is not None and self._users == 0 and self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
+            if self._status_fd >= 0:
+                os.close(self._status_fd)
+                self._status_fd = -1
             if self._mntns >= 0:
                 # The last reference to the container's mounts: unmounting
                 # them happens on the worker thread, not in this wait().
@@ -353,6 +379,14 @@ class Process:
         """
         if self._communication is not None and input:
             raise ValueError("Cannot send input after starting communication")
+        if (
+            timeout is None
+            and self._communication is None
+            and self.stdin is not None
+            and self.stdout is None
+            and self.stderr is None
+        ):
+            return self._communicate_stdin_only(input)
         deadline = None if timeout is None else time.monotonic() + timeout
         state = self._communication
         if state is None:
@@ -376,6 +410,25 @@ class Process:
             expired.output, expired.stderr = output, errors
             raise
         return output, errors
+
+    def _communicate_stdin_only(self, input: Any) -> tuple[None, None]:
+        """Popen's path for stdin as the only pipe and no timeout: through
+        the file object, as Popen does (code that swaps stdin for a
+        file-like object relies on it). A program that closed its stdin is
+        not an error here. (With output pipes, the resumable pump below
+        serves, as Popen's own selector loop does.)"""
+        assert self.stdin is not None
+        try:
+            if input:
+                self.stdin.write(input)
+        except BrokenPipeError:
+            pass  # communicate() ignores a program that stopped reading
+        try:
+            self.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.wait()
+        return None, None
 
     def _start_communication(self, input: Any) -> _io.Communication:
         state = _io.Communication()
@@ -409,12 +462,15 @@ class Process:
     # -- signals ---------------------------------------------------------
 
     def send_signal(self, sig: int) -> None:
-        """Send signal ``sig`` to the program through its pidfd.
+        """Send signal ``sig`` to the container's PID 1 through its pidfd.
 
         Raises ``ProcessLookupError`` once the program has been waited for.
-        The program is PID 1 of its PID namespace, and the kernel delivers to
+        By default PID 1 is pycontain's init, which passes every signal on to
+        the program, so signals act as on a Popen child; SIGKILL ends the
+        init and everything in the container, SIGSTOP stops only the init.
+        With ``init=False`` the program is PID 1, and the kernel delivers to
         a PID 1 only the signals it has a handler for, plus SIGKILL and
-        SIGSTOP: so SIGTERM ends a program that handles it (shells with a
+        SIGSTOP: SIGTERM then ends a program that handles it (shells with a
         ``trap``, servers) and is ignored by one that does not.
         """
         with self._lock:
@@ -427,7 +483,7 @@ class Process:
     signal = send_signal
 
     def terminate(self) -> None:
-        """Send SIGTERM (ignored by a program without a SIGTERM handler; see send_signal)."""
+        """Send SIGTERM (with ``init=False``, ignored by a program without a handler)."""
         self.send_signal(signal_module.SIGTERM)
 
     def kill(self) -> None:
@@ -554,7 +610,23 @@ class Process:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        # Unlike Popen, a running program is killed, not waited for; like
+        # Popen, the streams are closed and a flush error of stdin (input
+        # the program never got) is raised, once the container is reaped.
+        try:
+            self._kill_if_running()
+            self._close_streams()
+        finally:
+            self.close()
+
+    def _close_streams(self) -> None:
+        """Close our ends of the pipes as Popen.__exit__ does: stdout and
+        stderr, then stdin, whose flush error (BrokenPipeError) is raised."""
+        for stream in (self.stdout, self.stderr):
+            if stream is not None:
+                stream.close()
+        if self.stdin is not None:
+            self.stdin.close()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if self._kept_upper >= 0:

@@ -17,11 +17,12 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from . import _core, _mounts, _privileges
+from . import _core, _lifecycle, _mounts, _privileges
 from ._cgroup import Cgroup, Limits
 from ._errors import SpawnError, TimeoutExpired, callback_error, spawn_error
 
@@ -109,6 +110,10 @@ class ContainerPlan:
     keep_upper: bool = False  # hand the throwaway upper's fd to the parent
     limits: Limits | None = None  # None: no cgroup
     mounts: _mounts.MountPlan = field(default_factory=_mounts.check)
+    # The container's life (pycontain/_lifecycle.py).
+    init: bool = True
+    die_with_parent: bool = True
+    new_session: bool = True
 
 
 @dataclass
@@ -372,6 +377,9 @@ def plan(
     limits: Limits | None = None,
     mounts: _mounts.MountPlan | None = None,
     keep_upper: bool = False,
+    init: bool = True,
+    die_with_parent: bool = True,
+    new_session: bool = True,
 ) -> ContainerPlan:
     """Check a container's directories and encode them, once per container.
 
@@ -411,6 +419,9 @@ def plan(
         keep_upper=keep_upper,
         limits=limits,
         mounts=mounts,
+        init=init,
+        die_with_parent=die_with_parent,
+        new_session=new_session,
     )
 
 
@@ -543,8 +554,16 @@ def spawn(
     args: object = None,
     trace: Any = None,
     cgroup: Cgroup | None = None,
-) -> tuple[int, int, int]:
-    """Start the container; returns (pid, pidfd, mntns) or raises SpawnError.
+) -> tuple[int, int, int, int]:
+    """Start the container; returns (pid, pidfd, mntns, status_fd) or raises SpawnError.
+
+    With the plan's ``init`` the container's PID 1 is pycontain's init (pid
+    and pidfd are the init's), which has started the program when this
+    returns; status_fd is the init's status pipe, from which
+    _lifecycle.program_returncode reads the program's status once the init
+    has been reaped (-1 without the init). ``die_with_parent`` makes the
+    init kill the container when this process exits; ``new_session`` puts
+    the container in a session of its own.
 
     mntns (-1 when the namespace worker does not run) is a handle on the
     container's mount namespace: drop it with _core.release after the
@@ -557,14 +576,23 @@ def spawn(
     """
     plan = prepared.plan
     settings, mounts = plan.settings, plan.mounts
+    deadline = None if timeout is None or timeout == math.inf else time.monotonic() + timeout
     # An infinite timeout is none; a finite one is capped at INT_MAX ms
     # (about 24.8 days), which is what the C side's poll() takes.
     if timeout is None or timeout == math.inf:
         timeout_ms = -1
     else:
         timeout_ms = min(max(0, math.ceil(timeout * 1000)), 2**31 - 1)
+    # pycontain.call runs a function in place of the exec: no program for
+    # an init to start.
+    runs_a_program = (hooks or {}).get("main") is None
+    init = (
+        _lifecycle.plan(prepared.exec_paths, prepared.argv, die_with_parent=plan.die_with_parent)
+        if plan.init and runs_a_program
+        else None
+    )
     try:
-        started = _core.spawn(
+        pid, pidfd, mntns = _core.spawn(
             argv=prepared.argv,
             envp=prepared.envp,
             exec_paths=prepared.exec_paths,
@@ -606,9 +634,15 @@ def spawn(
             upper_socket=-1
             if prepared.upper_sockets is None
             else prepared.upper_sockets[1].fileno(),
+            init_fd=-1 if init is None else init.init_fd,
+            init_argv=None if init is None else init.argv,
+            init_keep_fds=[] if init is None else init.keep_fds,
+            stay_in_caller_group=not plan.new_session,
             **(hooks or {}),
         )
     except _core.StepError as failure:
+        if init is not None:
+            init.close()
         step, err, detail, status = failure.args
         if step == "timeout":
             raise TimeoutExpired(args, timeout) from None  # type: ignore[arg-type]
@@ -617,9 +651,37 @@ def spawn(
         if step == "join-cgroup" and cgroup is not None:
             raise spawn_error(step, err, cgroup.path) from None
         raise _translate(prepared, step, err, detail) from None
+    except BaseException:
+        if init is not None:
+            init.close()
+        raise
     if prepared.upper_sockets is not None:
         prepared.kept_upper = _receive_upper(prepared.upper_sockets[0])
-    return started
+    if init is None:
+        return pid, pidfd, mntns, -1
+    # The init runs; it reports on the program's exec on the status pipe.
+    init.close_write_end()
+    try:
+        failed = _lifecycle.await_program(init.status_read, pidfd, deadline, args, timeout)
+    except BaseException:
+        _abandon(pidfd, mntns, init)
+        raise
+    if failed is not None:
+        _abandon(pidfd, mntns, init)
+        step, err, detail = failed
+        raise _lifecycle.failure(step, err, detail) or _translate(
+            prepared, step, err, detail
+        ) from None
+    return pid, pidfd, mntns, init.status_read
+
+
+def _abandon(pidfd: int, mntns: int, init: _lifecycle.InitPlan) -> None:
+    """Release a container whose init did not start the program."""
+    _lifecycle.end_init(pidfd)
+    os.close(pidfd)
+    if mntns >= 0:
+        _core.release(mntns, False)
+    init.close()
 
 
 def _receive_upper(ours: socket.socket) -> int:

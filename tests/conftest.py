@@ -100,3 +100,18 @@ def _netns_pool_off() -> None:
     import pycontain
 
     pycontain.set_netns_pool(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lifecycle_fds() -> None:
+    """The init's executable and this process's pidfd, opened once.
+
+    pycontain opens both at the first spawn with the init and keeps them
+    for the life of the process; opened here, they do not count as a leak
+    of whichever test spawns first.
+    """
+    if os.geteuid() == 0:
+        from pycontain import _lifecycle
+
+        _lifecycle.init_executable()
+        _lifecycle.owner_pidfd()

@@ -66,13 +66,41 @@ def handles_signal(pid: int, sig: int) -> bool:
     return False
 
 
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def is_init(pid: int) -> bool:
+    """True when ``pid`` is pycontain's init (the container's PID 1 by default)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().startswith(b"pycontain-init\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def program_pid(pid: int) -> int:
+    """The host pid of the program of the container whose PID 1 is ``pid``:
+    the init's one child, or ``pid`` itself when the program is PID 1."""
+    if not is_init(pid):
+        return pid
+    assert wait_until(lambda: children_of(pid) != []), "the init has no child"
+    return children_of(pid)[0]
+
+
 def wait_for_handler(pid: int, sig: int, timeout: float = 10.0) -> None:
     """Wait until the program has installed its handler (e.g. a shell ``trap``).
 
-    PID 1 of a namespace does not get signals it has no handler for, so a
-    signal sent before the trap is set up would be silently dropped.
+    ``pid`` is the container's (its init's, or the program's with
+    init=False). A signal sent before the trap is set up would kill the
+    program (or, as PID 1 without an init, be silently dropped).
     """
-    assert wait_until(lambda: handles_signal(pid, sig), timeout), f"no handler for {sig}"
+    program = program_pid(pid)
+    assert wait_until(lambda: handles_signal(program, sig), timeout), f"no handler for {sig}"
 
 
 def fd_count() -> int:

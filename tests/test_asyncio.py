@@ -20,6 +20,7 @@ from helpers import (
     fd_count,
     is_gone,
     proc_state,
+    program_pid,
     wait_for_handler,
     wait_until,
 )
@@ -121,7 +122,7 @@ def test_wait_kill_returncode(rootfs, no_leaks):
         # The parent resumes while the kernel is still setting up the new
         # image (the vfork wake-up comes before argv is in place): cmdline can
         # be empty for a moment right after the spawn.
-        assert wait_until(lambda: cmdline(p.pid) == b"/bin/sleep\x0060\x00")
+        assert wait_until(lambda: cmdline(program_pid(p.pid)) == b"/bin/sleep\x0060\x00")
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(p.wait(), 0.2)
         assert p.returncode is None

@@ -19,7 +19,7 @@ import threading
 import time
 
 import pytest
-from helpers import BB_ENV, TIMEOUT, wait_until
+from helpers import BB_ENV, TIMEOUT, program_pid, wait_until
 
 import pycontain
 from pycontain import _cgroup
@@ -181,12 +181,14 @@ def test_container_runs_in_its_cgroup_with_its_limits_then_it_is_removed(
             assert _cgroup._read_int(f"{pids}/pids.max") == 20
             assert _cgroup._read_int(f"{cpu}/cpu.cfs_quota_us") == 50_000
             assert _cgroup._read_int(f"{cpu}/cpu.shares") == 512
-            assert _cgroup._read_int(f"{pids}/pids.current") == 1
+            # pycontain's init and the program.
+            assert _cgroup._read_int(f"{pids}/pids.current") == 2
         else:
             assert joined[""].endswith(f"/pycontain/{name}")
+        members = sorted([p.pid, program_pid(p.pid)])  # the init and the program
         for directory in cgroup.directories():
             with open(f"{directory}/cgroup.procs") as f:
-                assert f.read().split() == [str(p.pid)]
+                assert sorted(int(pid) for pid in f.read().split()) == members
         p.kill()
         assert p.wait(TIMEOUT) == -signal.SIGKILL
         assert not any(os.path.exists(d) for d in cgroup.directories())
@@ -265,7 +267,7 @@ def test_kill_ends_every_process_of_the_container(rootfs, no_leaks, no_cgroup_le
         with open(procs) as f:
             return [int(pid) for pid in f.read().split()]
 
-    assert wait_until(lambda: len(members()) == 5)
+    assert wait_until(lambda: len(members()) == 6)  # the init, the shell, 4 sleeps
     pids = members()
     p.kill()
     assert p.wait(TIMEOUT) == -signal.SIGKILL
@@ -540,10 +542,11 @@ for legacy in (False, True):
     with open(f"/proc/{p.pid}/cgroup") as f:
         assert f"0::/pycontain/{os.path.basename(path)}" in f.read()
     deadline = time.monotonic() + 5
-    while len(open(f"{path}/cgroup.procs").read().split()) < 3 and time.monotonic() < deadline:
+    # pycontain's init, the shell and its two sleeps.
+    while len(open(f"{path}/cgroup.procs").read().split()) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     members = open(f"{path}/cgroup.procs").read().split()
-    assert len(members) == 3, members
+    assert len(members) == 4, members
     assert "populated 1" in open(f"{path}/cgroup.events").read()
     # cgroup.kill alone ends them all, PID 1 included.
     p._cgroup.kill()

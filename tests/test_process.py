@@ -17,9 +17,12 @@ from helpers import (
     BB_ENV,
     TIMEOUT,
     child_pids,
+    children_of,
     fd_count,
     is_gone,
+    is_init,
     proc_state,
+    program_pid,
     wait_for_handler,
     wait_until,
 )
@@ -74,18 +77,24 @@ def test_poll_reaps_the_process(rootfs):
         assert pid not in child_pids()
 
 
-def test_pid_is_the_host_pid_of_the_program(rootfs):
-    with start(rootfs, ["/bin/sleep", "100"]) as p:
+@pytest.mark.parametrize("init", [True, False], ids=["init", "no-init"])
+def test_pid_is_the_host_pid_of_the_containers_pid_1(rootfs, init):
+    with start(rootfs, ["/bin/sleep", "100"], init=init, die_with_parent=init) as p:
         assert p.pid in child_pids()
 
-        def cmdline():
-            with open(f"/proc/{p.pid}/cmdline", "rb") as f:
+        def cmdline(pid):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 return f.read()
 
         # The kernel wakes a vfork parent a moment before the new program's
         # argument area is published, so /proc/PID/cmdline may briefly be empty.
-        assert wait_until(lambda: cmdline() != b"")
-        assert cmdline() == b"/bin/sleep\x00100\x00"
+        assert wait_until(lambda: cmdline(p.pid) != b"")
+        assert is_init(p.pid) == init
+        if init:
+            # pycontain's init; the program is its one child.
+            assert children_of(p.pid) == [program_pid(p.pid)]
+        program = program_pid(p.pid)
+        assert wait_until(lambda: cmdline(program) == b"/bin/sleep\x00100\x00")
 
 
 def test_wait_timeout(rootfs):
@@ -160,7 +169,8 @@ def test_kill(rootfs, legacy):
 
 
 def test_terminate_is_ignored_by_a_pid_1_without_handler(rootfs):
-    with start(rootfs, ["/bin/sleep", "100"]) as p:
+    # init=False: the program is PID 1 (tests/test_lifecycle.py: with the init).
+    with start(rootfs, ["/bin/sleep", "100"], init=False, die_with_parent=False) as p:
         p.terminate()
         with pytest.raises(pycontain.TimeoutExpired):
             p.wait(timeout=0.5)
@@ -178,7 +188,10 @@ def test_terminate_ends_a_program_that_handles_it(rootfs, legacy):
 
 @pytest.mark.parametrize("method", ["send_signal", "signal"])
 def test_send_signal_to_a_shell_trap(rootfs, method):
-    with start_trap(rootfs, code=10, sig=signal.SIGUSR1, name="USR1") as p:
+    # init=False: the program is PID 1, which gets only handled signals.
+    with start_trap(
+        rootfs, code=10, sig=signal.SIGUSR1, name="USR1", init=False, die_with_parent=False
+    ) as p:
         # An unhandled signal (SIGUSR2, SIGTERM) is dropped by PID 1...
         p.send_signal(signal.SIGUSR2)
         p.terminate()
@@ -202,8 +215,9 @@ def test_signal_after_wait_raises_process_lookup_error(rootfs, method):
 def test_kill_ends_every_process_of_the_container(rootfs):
     script = "sleep 100 & sleep 100 & sleep 100; wait"
     with start(rootfs, ["/bin/sh", "-c", script]) as p:
-        assert wait_until(lambda: len(_children_of(p.pid)) == 3)
-        inner = _children_of(p.pid)
+        shell = program_pid(p.pid)
+        assert wait_until(lambda: len(children_of(shell)) == 3)
+        inner = [shell, *children_of(shell)]
         p.kill()
         assert p.wait(timeout=TIMEOUT) == -signal.SIGKILL
     assert all(is_gone(pid) for pid in inner)
@@ -213,24 +227,17 @@ def test_exit_of_pid_1_ends_the_rest_of_the_container(rootfs):
     script = 'trap "exit 0" USR1; sleep 100 & while :; do sleep 0.05; done'
     with start(rootfs, ["/bin/sh", "-c", script]) as p:
         wait_for_handler(p.pid, signal.SIGUSR1)
-        assert wait_until(lambda: _sleepers(p.pid))
-        background = _sleepers(p.pid)
+        shell = program_pid(p.pid)
+        assert wait_until(lambda: _sleepers(shell))
+        background = _sleepers(shell)
         p.send_signal(signal.SIGUSR1)
         assert p.wait(timeout=TIMEOUT) == 0
     assert wait_until(lambda: all(is_gone(pid) for pid in background))
 
 
-def _children_of(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except FileNotFoundError:
-        return []
-
-
 def _sleepers(pid: int) -> list[int]:
     found = []
-    for child in _children_of(pid):
+    for child in children_of(pid):
         try:
             with open(f"/proc/{child}/cmdline", "rb") as f:
                 if f.read() == b"sleep\x00100\x00":
@@ -278,7 +285,7 @@ def test_context_manager_returns_the_process(rootfs):
 def test_close(rootfs):
     before, fds = child_pids(), fd_count()
     p = start(rootfs, ["/bin/sleep", "100"])
-    assert fd_count() == fds + 1  # the pidfd
+    assert fd_count() == fds + 2  # the pidfd, the init's status pipe
     p.close()
     assert p.returncode == -signal.SIGKILL
     assert fd_count() == fds
@@ -292,7 +299,7 @@ def test_close(rootfs):
 def test_pidfd_is_released_after_wait(rootfs):
     fds = fd_count()
     p = start(rootfs, ["/bin/true"])
-    assert fd_count() == fds + 1
+    assert fd_count() == fds + 2  # the pidfd, the init's status pipe
     assert p.wait(timeout=TIMEOUT) == 0
     assert fd_count() == fds
 
@@ -452,13 +459,16 @@ def test_poll_from_many_threads(rootfs):
         assert seen == [0] * 6
 
 
-def test_wait_when_sigchld_is_ignored(rootfs):
-    # With SIGCHLD ignored the kernel reaps children itself and the status is
-    # lost: wait() must still return (0, as subprocess reports) and not hang.
+@pytest.mark.parametrize("init", [True, False], ids=["init", "no-init"])
+def test_wait_when_sigchld_is_ignored(rootfs, init):
+    # With SIGCHLD ignored the kernel reaps children itself and the status of
+    # the container's PID 1 is lost: wait() must still return and not hang.
+    # With the init, the program's status still comes on the init's pipe;
+    # without, the code is 0, as subprocess reports.
     old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     try:
-        with start(rootfs, ["/bin/sh", "-c", "exit 3"]) as p:
-            assert p.wait(timeout=TIMEOUT) == 0
-            assert p.poll() == 0
+        with start(rootfs, ["/bin/sh", "-c", "exit 3"], init=init, die_with_parent=init) as p:
+            assert p.wait(timeout=TIMEOUT) == (3 if init else 0)
+            assert p.poll() == (3 if init else 0)
     finally:
         signal.signal(signal.SIGCHLD, old)

@@ -237,19 +237,24 @@ def test_relative_executable_is_resolved_against_cwd(rootfs, capfd):
 # -- what the program sees: PID namespace ---------------------------------------
 
 
-def test_program_is_pid_1(rootfs, legacy, capfd):
+@pytest.mark.parametrize("init", [True, False], ids=["init", "no-init"])
+def test_program_is_pid_2_under_the_init_or_pid_1(rootfs, legacy, init, capfd):
     with pycontain.Process(
         ["/bin/sh", "-c", "echo $$; cut -d' ' -f1,4 /proc/self/stat; exit 0"],
         layers=[rootfs],
         env=BB_ENV,
+        init=init,
+        die_with_parent=init,
         _force_legacy_clone=legacy,
     ) as p:
         assert p.pid != 1
         assert p.wait(timeout=TIMEOUT) == 0
     pid, child_pid, child_ppid = capfd.readouterr().out.split()
-    assert pid == "1"
-    # A command the shell forks is the next pid of the namespace; its parent is PID 1.
-    assert (child_pid, child_ppid) == ("2", "1")
+    # The init is PID 1 and the program its child; without it the program is PID 1.
+    program = 2 if init else 1
+    assert pid == str(program)
+    # A command the shell forks is the next pid of the namespace.
+    assert (child_pid, child_ppid) == (str(program + 1), str(program))
 
 
 def test_proc_shows_only_the_containers_processes(rootfs, capfd):
@@ -260,8 +265,11 @@ def test_proc_shows_only_the_containers_processes(rootfs, capfd):
     assert max(pids) < 10, pids
 
 
-def test_proc_1_is_the_program(rootfs, capfd):
+def test_proc_1_is_the_init_or_the_program(rootfs, capfd):
     assert run(["/bin/cat", "/proc/1/cmdline"], layers=[rootfs], env=BB_ENV) == 0
+    assert capfd.readouterr().out.startswith("pycontain-init\0")
+    args = ["/bin/cat", "/proc/1/cmdline"]
+    assert run(args, layers=[rootfs], env=BB_ENV, init=False, die_with_parent=False) == 0
     assert capfd.readouterr().out == "/bin/cat\0/proc/1/cmdline\0"
 
 
@@ -446,7 +454,7 @@ def test_host_root_runs_host_binaries(host_root, legacy, capfd):
         _force_legacy_clone=legacy,
     ) as p:
         assert p.wait(timeout=TIMEOUT) == 0
-    assert capfd.readouterr().out.split() == ["1", "lo"]
+    assert capfd.readouterr().out.split() == ["2", "lo"]  # PID 1 is the init
 
 
 def test_host_root_python(host_root, capfd):
@@ -455,7 +463,7 @@ def test_host_root_python(host_root, capfd):
         layers=[host_root],
     )
     assert code == 0
-    assert capfd.readouterr().out == "1 arg one\n"
+    assert capfd.readouterr().out == "2 arg one\n"
 
 
 def test_host_root_usr_bin_env(host_root, capfd):

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import BB_ENV, TIMEOUT, wait_until
+from helpers import BB_ENV, TIMEOUT, program_pid, wait_until
 
 import pycontain
 from pycontain import DEVNULL, PIPE
@@ -162,7 +162,7 @@ def test_processes_with_sees_a_running_container(rootfs):
     seconds = unique_seconds()
     with pycontain.Process(["sleep", seconds], layers=[rootfs], env=BB_ENV) as p:
         # (argv shows in /proc a moment after the spawn returns: see test_asyncio)
-        assert wait_until(lambda: processes_with("sleep", seconds) == [p.pid])
+        assert wait_until(lambda: processes_with("sleep", seconds) == [program_pid(p.pid)])
     assert processes_with("sleep", seconds) == []
 
 
