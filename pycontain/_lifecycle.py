@@ -64,6 +64,19 @@ def _above_stdio(fd: int) -> int:
         os.close(fd)
 
 
+def lift_above_stdio(fd: int) -> int:
+    """``fd`` moved above 2 if it is on 0, 1 or 2 (best effort: where the
+    move fails, it stays); -1 stays -1."""
+    if fd < 0 or fd > 2:
+        return fd
+    try:
+        moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    except OSError:
+        return fd
+    os.close(fd)
+    return moved
+
+
 def _load_init() -> int:
     try:
         with open(INIT_PATH, "rb") as f:

@@ -420,3 +420,12 @@ def test_a_pids_limit_leaves_room_for_the_init(rootfs):
         pycontain.Container(layers=[rootfs], limits={"pids": 1})
     # Without the init the program alone fits.
     pycontain.Container(layers=[rootfs], limits={"pids": 1}, init=False)
+
+
+def test_rusage_counts_the_programs_orphans(rootfs):
+    # The program leaves a burner behind and ends: the init kills and reaps
+    # it, so its CPU time is in the container's rusage.
+    with start(rootfs, ["/bin/sh", "-c", "(while :; do :; done) & exec sleep 0.5"]) as p:
+        assert p.wait(timeout=TIMEOUT) == 0
+    assert p.rusage is not None
+    assert p.rusage.ru_utime + p.rusage.ru_stime > 0.05

@@ -364,12 +364,15 @@ def test_cpu_half_a_cpu_is_about_half(rootfs, no_cgroup_left, capsys):
 
 def test_cpu_time_counts_every_process(rootfs, no_cgroup_left):
     # PID 1 starts two burners, then becomes `sleep`, which never waits for
-    # them: its rusage misses them, the cgroup's CPU time does not.
+    # them: its rusage misses them, the cgroup's CPU time does not. (With
+    # pycontain's init, which reaps them, rusage counts them too:
+    # tests/test_lifecycle.py.)
     p = pycontain.Process(
         ["/bin/sh", "-c", f"({BURN}) & ({BURN}) & exec sleep 1"],
         layers=[rootfs],
         env=BB_ENV,
         limits={},
+        init=False,
     )
     p.wait(TIMEOUT)
     assert p.cpu_time is not None and p.rusage is not None

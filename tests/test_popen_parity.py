@@ -89,3 +89,24 @@ def test_a_failing_pre_exec_is_a_subprocess_error(rootfs):
     with pytest.raises(subprocess.SubprocessError) as info:
         start(rootfs, ["/bin/true"], pre_exec=refuse)
     assert isinstance(info.value, pycontain.CallbackError)
+
+
+def test_a_caller_without_stdio_keeps_its_fds_apart(rootfs):
+    # As CPython's check_close_std_fds: with 0, 1, 2 closed, the kernel gives
+    # pycontain's fds (pidfd, namespace handle, pipes) those numbers; the
+    # caller then puts its own files back there. pycontain must not keep, or
+    # later close, any of 0, 1, 2.
+    saved = [os.dup(fd) for fd in range(3)]
+    try:
+        for fd in range(3):
+            os.close(fd)
+        p = start(rootfs, ["/bin/sleep", "100"])
+        owned = [p._pidfd, p._mntns_fd, p._status_fd]
+    finally:
+        for fd, copy in enumerate(saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+    with p:
+        assert all(fd > 2 or fd == -1 for fd in owned), owned
+        p.kill()
+        assert p.wait(timeout=TIMEOUT) == -9

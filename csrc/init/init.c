@@ -260,6 +260,11 @@ static void reap(long program, int status_fd)
         if (pid != program)
             continue;
         kill_the_rest();
+        /* Reap them here rather than leave it to the kernel's clean-up of
+         * the namespace: what they used then counts in the container's
+         * rusage (the init's children's times add up in its own). */
+        while (sys4(SYS_wait4, -1, 0, __WALL, 0) > 0)
+            ;
         send_message(status_fd, PC_MESSAGE_STATUS, status, NULL);
         exit_now(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
     }
