@@ -221,16 +221,17 @@ def test_kill_zero_from_inside_reaches_no_host_process(rootfs, new_session):
 
 OWNER = """
 import sys, pycontain
+hooks = {"pre_exec": lambda: None} if sys.argv[4] == "fork" else {}
 p = pycontain.Process(["/bin/sleep", sys.argv[2]], layers=[sys.argv[1]], env={"PATH": "/bin"},
-                      die_with_parent=sys.argv[3] == "1")
+                      die_with_parent=sys.argv[3] == "1", **hooks)
 print(p.pid, flush=True)
 sys.stdin.read()
 """
 
 
-def _start_owner(rootfs, seconds, die_with_parent):
+def _start_owner(rootfs, seconds, die_with_parent, path="clone"):
     owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER, rootfs, seconds, "1" if die_with_parent else "0"],
+        [sys.executable, "-c", OWNER, rootfs, seconds, "1" if die_with_parent else "0", path],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -241,9 +242,12 @@ def _start_owner(rootfs, seconds, die_with_parent):
     return owner, init
 
 
-def test_a_killed_owner_leaves_no_container_process(rootfs):
+@pytest.mark.parametrize("path", ["clone", "fork"])
+def test_a_killed_owner_leaves_no_container_process(rootfs, path):
+    # "fork": a callback takes the fork path, whose helper also holds the
+    # owner's pidfd for a moment.
     seconds = unique_seconds()
-    owner, init = _start_owner(rootfs, seconds, die_with_parent=True)
+    owner, init = _start_owner(rootfs, seconds, die_with_parent=True, path=path)
     program = processes_with("/bin/sleep", seconds)
     owner.kill()
     owner.wait()
