@@ -55,6 +55,9 @@ def init_command(compiler: str, output: str) -> list[str]:
     return [compiler, *flags, "-o", output, *INIT_SOURCES]
 
 
+from setuptools.command.build_ext import build_ext  # noqa: E402 - after the platform check
+
+
 class BuildWithInit(build_ext):
     """build_ext, plus the init executable beside the extension."""
 

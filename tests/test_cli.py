@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import TIMEOUT, child_pids, handles_signal, wait_until
+from helpers import TIMEOUT, child_pids, handles_signal, program_pid, wait_until
 
 import pycontain
 from pycontain import _cli
@@ -159,7 +159,8 @@ def _container_of(cli_pid: int) -> int:
         return False
 
     assert wait_until(look, TIMEOUT)
-    return found[0]
+    # The program, under pycontain's init (whose command line names it too).
+    return program_pid(found[0])
 
 
 def test_killed_by_a_signal_is_128_plus_n(rootfs):

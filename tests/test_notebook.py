@@ -67,7 +67,7 @@ def test_contain_runs_the_cell_in_a_container(kernel, rootfs):
         'echo "$(hostname) $$"\necho to-stderr >&2\nexit 3\n'
     )
     assert errors(messages) == []
-    assert streams(messages, "stdout") == "nb 1\n"
+    assert streams(messages, "stdout") == "nb 2\n"  # under pycontain's init, PID 1
     assert streams(messages, "stderr") == "to-stderr\npycontain: exit status 3\n"
 
 
