@@ -16,7 +16,7 @@ if not sys.platform.startswith("linux"):
         "in a Linux VM, or in WSL 2."
     )
 
-from setuptools.command.build_ext import build_ext  # noqa: E402 - after the platform check
+from setuptools.command.build_ext import build_ext  # after the platform check
 
 # Warnings are errors in development and CI builds (PYCONTAIN_WERROR=1), not
 # in users' builds, where a newer compiler's new warning must not break them.
@@ -53,9 +53,6 @@ def init_command(compiler: str, output: str) -> list[str]:
     else:
         flags += ["-DPC_INIT_LIBC"]
     return [compiler, *flags, "-o", output, *INIT_SOURCES]
-
-
-from setuptools.command.build_ext import build_ext  # noqa: E402 - after the platform check
 
 
 class BuildWithInit(build_ext):

@@ -655,10 +655,10 @@ def spawn(
         if init is not None:
             init.close()
         raise
-    # A caller that closed its stdio has 0, 1, 2 free for the kernel to
-    # give these; it may later dup2 its own files there, silently closing
-    # them (and a deferred close of ours would then close its file).
-    pidfd, mntns_fd = _lifecycle.lift_above_stdio(pidfd), _lifecycle.lift_above_stdio(mntns_fd)
+    # A caller that closed its stdio has 0, 1, 2 free for the kernel to give
+    # the pidfd; it may later dup2 its own files there, silently closing it
+    # (and our eventual close would then close its file).
+    pidfd = _lifecycle.lift_above_stdio(pidfd)
     if prepared.upper_sockets is not None:
         prepared.kept_upper = _receive_upper(prepared.upper_sockets[0])
     if init is None:

@@ -420,6 +420,9 @@ _KEYWORDS = {
     ),
     "privileged": _either(st.booleans()),
     "keep_upper": _either(st.booleans()),
+    "init": _either(st.booleans()),
+    "die_with_parent": _either(st.sampled_from([None, True, False, 1])),
+    "new_session": _either(st.booleans()),
     "seccomp": _either(st.sampled_from(["default", None, "x", b"", b"\0" * 8, b"\0" * 7])),
     "network": _either(st.sampled_from(["none", "host", "x", None])),
     "binds": _either(

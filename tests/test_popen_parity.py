@@ -101,7 +101,7 @@ def test_a_caller_without_stdio_keeps_its_fds_apart(rootfs):
         for fd in range(3):
             os.close(fd)
         p = start(rootfs, ["/bin/sleep", "100"])
-        owned = [p._pidfd, p._mntns_fd, p._status_fd]
+        owned = [p._pidfd, p._status_fd]
     finally:
         for fd, copy in enumerate(saved):
             os.dup2(copy, fd)
