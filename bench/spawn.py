@@ -251,6 +251,14 @@ def pycontain_candidate(
         code: int = process(["/bin/true"], layers=layers, env=env, **extra).wait()
         return code
 
+    options = "".join(f", {key}={value!r}" for key, value in extra.items())
+    command = f"pycontain.Process(['/bin/true'], layers=[ROOT], env={env!r}{options}).wait()"
+    return Candidate(name, command, spawn, verify_spawn(spawn))
+
+
+def verify_spawn(spawn: Spawn) -> Callable[[], str | None]:
+    """A check that one pycontain spawn works: None, or what went wrong."""
+
     def verify() -> str | None:
         try:
             code = spawn()
@@ -258,9 +266,7 @@ def pycontain_candidate(
             return f"{type(error).__name__}: {error}"
         return None if code == 0 else f"exit status {code}"
 
-    options = "".join(f", {key}={value!r}" for key, value in extra.items())
-    command = f"pycontain.Process(['/bin/true'], layers=[ROOT], env={env!r}{options}).wait()"
-    return Candidate(name, command, spawn, verify)
+    return verify
 
 
 def container_candidate(pycontain: ModuleType, name: str, root: Path) -> Candidate:
@@ -272,15 +278,8 @@ def container_candidate(pycontain: ModuleType, name: str, root: Path) -> Candida
         code: int = box.spawn(["/bin/true"], env=env).wait()
         return code
 
-    def verify() -> str | None:
-        try:
-            code = spawn()
-        except Exception as error:
-            return f"{type(error).__name__}: {error}"
-        return None if code == 0 else f"exit status {code}"
-
     command = f"box.spawn(['/bin/true'], env={env!r}).wait(), box = Container(layers=[ROOT])"
-    return Candidate(name, command, spawn, verify)
+    return Candidate(name, command, spawn, verify_spawn(spawn))
 
 
 def measure_preparation(pycontain: ModuleType, root: Path, rounds: int) -> None:

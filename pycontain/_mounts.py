@@ -16,11 +16,11 @@ import posixpath
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Union
 
 from ._errors import spawn_error
+from ._paths import StrOrBytesPath as PathArg
+from ._paths import to_bytes
 
-PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 BindSpec = tuple[PathArg, PathArg] | tuple[PathArg, PathArg, str]
 TmpfsSpec = PathArg | tuple[PathArg, int | None] | tuple[PathArg, int | None, int]
 
@@ -62,21 +62,9 @@ class MountPlan:
     tmpfs: tuple[tuple[bytes, int, int], ...] = ()
 
 
-def _encode(value: PathArg, what: str) -> bytes:
-    try:
-        encoded = os.fsencode(value)
-    except TypeError:
-        raise TypeError(
-            f"{what} must be str, bytes or os.PathLike, not {type(value).__name__}"
-        ) from None
-    if b"\0" in encoded:
-        raise ValueError(f"{what} contains a NUL byte: {value!r}")
-    return encoded
-
-
 def container_path(value: PathArg, what: str) -> bytes:
     """An absolute path inside the container, normalized; no '..', not '/'."""
-    path = _encode(value, what)
+    path = to_bytes(value, what)
     if not path.startswith(b"/"):
         raise ValueError(f"{what} must be an absolute path inside the container: {value!r}")
     if b".." in path.split(b"/"):
@@ -104,7 +92,7 @@ def _bind(item: object) -> tuple[bytes, bytes, bool]:
     mode = item[2] if len(item) == 3 else "ro"
     if mode not in ("ro", "rw"):
         raise ValueError(f"{usage}; got mode {mode!r}")
-    source = os.path.abspath(_encode(item[0], "binds host path"))
+    source = os.path.abspath(to_bytes(item[0], "binds host path"))
     return source, container_path(item[1], "binds container path"), mode == "ro"
 
 

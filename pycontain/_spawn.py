@@ -20,13 +20,16 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from . import _core, _lifecycle, _mounts, _privileges
 from ._cgroup import Cgroup, Limits
 from ._errors import SpawnError, TimeoutExpired, callback_error, spawn_error
 
-StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+# Re-exported: the package's modules take them from here.
+from ._paths import StrOrBytesPath as StrOrBytesPath
+from ._paths import to_bytes as to_bytes
+
 Env = Mapping[str, str] | Mapping[bytes, bytes]
 
 # Overlayfs stacks at most this many lower layers (OVL_MAX_STACK).
@@ -45,19 +48,6 @@ _scratch_dir: bytes | None = None
 # Testing knob: the C core resolves container paths one component at a
 # time, as on kernels without openat2 (tests/test_escape_rootfs.py).
 _force_resolve_walk = False
-
-
-def to_bytes(value: StrOrBytesPath, what: str) -> bytes:
-    """``os.fsencode`` with pycontain's checks: a NUL byte is a ValueError."""
-    try:
-        encoded = os.fsencode(value)
-    except TypeError:
-        raise TypeError(
-            f"{what} must be str, bytes or os.PathLike, not {type(value).__name__}"
-        ) from None
-    if b"\0" in encoded:
-        raise ValueError(f"{what} contains a NUL byte: {value!r}")
-    return encoded
 
 
 def scratch_dir() -> bytes:
