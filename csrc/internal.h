@@ -50,6 +50,7 @@ enum pc_message_kind {
     PC_MESSAGE_HOOK_LEAVE,
     PC_MESSAGE_GO,           /* caller to container: it has the pidfd, go on */
     PC_MESSAGE_EXEC_CHANNEL, /* carries the read end of the exec pipe */
+    PC_MESSAGE_UPPER,        /* on request->upper_socket: carries the upper's fd */
     /* From the init (init/init.c), on its status pipe, not the error pipe: */
     PC_MESSAGE_EXEC_OK, /* the program has been exec'd */
     PC_MESSAGE_STATUS,  /* value: the program's wait status; the init exits next */

@@ -1,7 +1,7 @@
 /* Child side: handing the throwaway writable layer to the parent.
  *
- * Runs between clone and exec: async-signal-safe only (sendmsg is; the raw
- * one, as libc's is a cancellation point, see nocancel.h).
+ * Runs between clone and exec: async-signal-safe only (the fd goes as an
+ * UPPER message through pc_send_fd, messages.c: the raw sendmsg).
  *
  * Without a writedir the overlay's upper directory lives on the scratch
  * tmpfs, which pivot_root detaches from every tree: no path reaches it
@@ -15,9 +15,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "internal.h"
 #include "nocancel.h"
@@ -25,21 +22,7 @@
 int pc_upper_share(const struct pc_spawn_request *request, const struct pc_root *root,
                    struct pc_error *err)
 {
-    union {
-        char buffer[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    char byte = 'u';
-    struct iovec data = {.iov_base = &byte, .iov_len = 1};
-    struct msghdr message = {
-        .msg_iov = &data,
-        .msg_iovlen = 1,
-        .msg_control = control.buffer,
-        .msg_controllen = sizeof control.buffer,
-    };
-    struct cmsghdr *header;
-    ssize_t sent;
-    int upper;
+    int upper, sent;
 
     if (request->upper_socket < 0 || request->upper_fd >= 0)
         return 0;
@@ -47,15 +30,7 @@ int pc_upper_share(const struct pc_spawn_request *request, const struct pc_root 
                                O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (upper < 0)
         return pc_fail(err, PC_STEP_SHARE_UPPER, errno, "upper");
-    memset(control.buffer, 0, sizeof control.buffer);
-    header = CMSG_FIRSTHDR(&message);
-    header->cmsg_level = SOL_SOCKET;
-    header->cmsg_type = SCM_RIGHTS;
-    header->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(header), &upper, sizeof(int));
-    do
-        sent = syscall(SYS_sendmsg, request->upper_socket, &message, MSG_NOSIGNAL);
-    while (sent < 0 && errno == EINTR);
+    sent = pc_send_fd(request->upper_socket, PC_MESSAGE_UPPER, 0, upper);
     pc_close_nocancel(upper);
     if (sent < 0)
         return pc_fail(err, PC_STEP_SHARE_UPPER, errno, "upper");

@@ -686,7 +686,8 @@ def _receive_upper(ours: socket.socket) -> int:
     """
     try:
         # recvmsg rather than socket.recv_fds, which drops the flags on
-        # Python 3.11: the fd close-on-exec from the start, no waiting.
+        # Python 3.11: the fd close-on-exec from the start, no waiting. Only
+        # the fd matters: the rest of the UPPER message is cut off.
         _, ancillary, _, _ = ours.recvmsg(
             1, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
         )
