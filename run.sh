@@ -10,6 +10,9 @@
 #                    tests once more under PYTHONMALLOC=debug
 #   ./run.sh bench   install bubblewrap too, and run bench/spawn.py (extra
 #                    arguments go to it, e.g. --quick)
+#   ./run.sh test-rootless  the test suite once more as an unprivileged user
+#                    (made if missing), from a copy any user can read
+#                    (.ci/rootless); what needs root is skipped with a reason
 #   ./run.sh package build the sdist and wheel (python -m build), install the
 #                    wheel into a fresh venv and run a subset of the tests
 #                    from there (.ci/package)
@@ -21,9 +24,9 @@ cd "$(dirname "$0")"
 
 task=${1:-}
 case "$task" in
-demo | test | lint | sanitize | asan | bench | package) ;;
+demo | test | test-rootless | lint | sanitize | asan | bench | package) ;;
 *)
-    echo "usage: ./run.sh demo|test|lint|sanitize|asan|bench|package [ARGS...]" >&2
+    echo "usage: ./run.sh demo|test|test-rootless|lint|sanitize|asan|bench|package [ARGS...]" >&2
     exit 2
     ;;
 esac
@@ -51,16 +54,25 @@ else
 fi
 # The tests and the benchmark build their root filesystem from a static
 # busybox; the benchmark compares with bubblewrap and util-linux's unshare.
-if [ "$task" = test ] || [ "$task" = sanitize ] || [ "$task" = asan ] || [ "$task" = bench ] ||
-    [ "$task" = package ]; then
+if [ "$task" = test ] || [ "$task" = test-rootless ] || [ "$task" = sanitize ] ||
+    [ "$task" = asan ] || [ "$task" = bench ] || [ "$task" = package ]; then
     [ -x /bin/busybox ] || apt_missing+=(busybox-static)
 fi
 # The escape tests check with strace that the path-resolution fallback is
 # the one taken, and build the throwaway root with util-linux's unshare; the
 # fork path's tests stall its steps with strace --inject.
-if [ "$task" = test ] || [ "$task" = sanitize ] || [ "$task" = asan ]; then
+if [ "$task" = test ] || [ "$task" = test-rootless ] || [ "$task" = sanitize ] ||
+    [ "$task" = asan ]; then
     command -v strace >/dev/null || apt_missing+=(strace)
     command -v unshare >/dev/null || apt_missing+=(util-linux)
+fi
+# The rootless run drops to its user with util-linux's setpriv and makes it
+# with useradd (passwd); its venv is the system Python's, with its headers.
+if [ "$task" = test-rootless ]; then
+    command -v setpriv >/dev/null || apt_missing+=(util-linux)
+    command -v useradd >/dev/null || apt_missing+=(passwd)
+    /usr/bin/python3 -c 'import ensurepip, venv, os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null ||
+        apt_missing+=(python3 python3-venv python3-dev)
 fi
 if [ "$task" = bench ]; then
     command -v bwrap >/dev/null || apt_missing+=(bubblewrap)
@@ -86,6 +98,9 @@ test)
     # fault injection points compiled in (csrc/faults.h).
     PYCONTAIN_WERROR=1 PYCONTAIN_FAULTS=1 "${pip[@]}" -e '.[test]'
     exec .venv/bin/python -m pytest "${@:2}"
+    ;;
+test-rootless)
+    exec .ci/rootless "${@:2}"
     ;;
 bench)
     "${pip[@]}" -e .

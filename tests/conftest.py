@@ -1,8 +1,12 @@
 """Fixtures for pycontain's tests: a busybox root filesystem and the host's "/".
 
 Every test here runs real containers on the real kernel: it needs root
-(namespaces, mounts), overlayfs, and a static busybox for the small rootfs.
-Without them the tests that need them are skipped with the reason.
+(namespaces, mounts) or, as any other user, user namespaces (pycontain's
+rootless mode; ``./run.sh test-rootless`` runs the suite so), overlayfs, and
+a static busybox for the small rootfs. Without them the tests that need them
+are skipped with the reason. A test that needs root itself (not only what
+rootless mode gives) is marked ``@pytest.mark.needs_root("why")`` and skipped,
+with that reason, as any other user.
 """
 
 from __future__ import annotations
@@ -19,9 +23,30 @@ BUSYBOX = "/bin/busybox"
 pytest_plugins = ["pytester"]
 
 
+def _user_namespaces_skip_reason() -> str | None:
+    """Why this (unprivileged) user cannot make a user namespace, or None."""
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            if int(f.read()) == 0:
+                return "user namespaces are off (user.max_user_namespaces = 0)"
+    except (OSError, ValueError):
+        return "the kernel has no user namespaces (no /proc/sys/user/max_user_namespaces)"
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return "util-linux's unshare is missing, to check for user namespaces"
+    probe = subprocess.run(
+        [unshare, "--user", "--map-root-user", "true"], capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        return f"this user cannot make a user namespace: {probe.stderr.strip()}"
+    return None
+
+
 def _container_skip_reason() -> str | None:
     if os.geteuid() != 0:
-        return "pycontain needs root (CAP_SYS_ADMIN) to create namespaces and mounts"
+        reason = _user_namespaces_skip_reason()
+        if reason is not None:
+            return f"pycontain as a user other than root needs user namespaces: {reason}"
     try:
         with open("/proc/filesystems") as f:
             filesystems = f.read().split()
@@ -78,6 +103,24 @@ def legacy(request: pytest.FixtureRequest) -> bool:
     return request.param
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs_root(reason): needs root on the host, beyond what rootless mode gives; "
+        "skipped with the reason as any other user",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("needs_root")
+    if marker is None:
+        return
+    if not marker.args or not isinstance(marker.args[0], str) or not marker.args[0]:
+        raise pytest.UsageError(f"{item.nodeid}: needs_root takes the reason as a string")
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root: {marker.args[0]}")
+
+
 @pytest.fixture
 def no_leaks():
     """Checks that a test leaves no fd and no child process behind."""
@@ -110,8 +153,7 @@ def _lifecycle_fds() -> None:
     for the life of the process; opened here, they do not count as a leak
     of whichever test spawns first.
     """
-    if os.geteuid() == 0:
-        from pycontain import _lifecycle
+    from pycontain import _lifecycle
 
-        _lifecycle.init_executable()
-        _lifecycle.owner_pidfd()
+    _lifecycle.init_executable()
+    _lifecycle.owner_pidfd()
