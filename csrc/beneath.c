@@ -83,16 +83,16 @@ void pc_tmpfs_options(char options[PC_TMPFS_OPTIONS_MAX], unsigned int mode,
     number[n] = '\0';
     append_text(options, &used, "mode=");
     append_text(options, &used, number);
-    if (size != 0) {
-        number[format_decimal(number, size)] = '\0';
-        append_text(options, &used, ",size=");
-        append_text(options, &used, number);
-    }
-    if (inodes != 0) {
-        number[format_decimal(number, inodes)] = '\0';
-        append_text(options, &used, ",nr_inodes=");
-        append_text(options, &used, number);
-    }
+    if (size == 0)
+        return;
+    number[format_decimal(number, size)] = '\0';
+    append_text(options, &used, ",size=");
+    append_text(options, &used, number);
+    if (inodes == 0)
+        inodes = (size + PC_TMPFS_BYTES_PER_INODE - 1) / PC_TMPFS_BYTES_PER_INODE;
+    number[format_decimal(number, inodes)] = '\0';
+    append_text(options, &used, ",nr_inodes=");
+    append_text(options, &used, number);
 }
 
 int pc_mount_on_fd(const char *source, int target_fd, const char *fstype, unsigned long flags,

@@ -215,7 +215,14 @@ struct pc_fd_path {
 };
 void pc_fd_path(struct pc_fd_path *path, int fd);
 #define PC_TMPFS_OPTIONS_MAX 96
-/* "mode=0MMM[,size=N][,nr_inodes=N]"; 0 leaves size or nr_inodes out. */
+/* A tmpfs's inodes are kernel memory its size= does not count (the kernel's
+ * default allows half the RAM's pages of them), so a sized tmpfs gets one inode
+ * per this many bytes unless told otherwise: a tree of empty files stops at
+ * ENOSPC as a large file does. ext4 gives one per 16 KiB; a tmpfs holds more
+ * small files, so 4 KiB (1 GiB: 262,144 files). */
+#define PC_TMPFS_BYTES_PER_INODE 4096ULL
+/* "mode=0MMM[,size=N][,nr_inodes=N]"; size 0 leaves both out, inodes 0 means
+ * size / PC_TMPFS_BYTES_PER_INODE (rounded up). */
 void pc_tmpfs_options(char options[PC_TMPFS_OPTIONS_MAX], unsigned int mode,
                       unsigned long long size, unsigned long long inodes);
 /* An O_PATH fd (close-on-exec) of `path` (absolute inside `base`) opened

@@ -155,6 +155,37 @@ def test_shm_size_bounds_dev_shm(rootfs):
     assert int(result.stdout.split()[4]) == 2 * MiB
 
 
+# Empty files cost inodes (kernel memory), which size= does not count: each
+# sized tmpfs also gets one inode per 4 KiB (csrc/internal.h).
+_MAKE_FILES = (
+    "cd {dir} && i=0; while [ $i -lt {count} ]; do touch f$i 2>/dev/null || break; "
+    "i=$((i+1)); done; echo $i"
+)
+
+
+@pytest.mark.parametrize(
+    ("settings", "directory", "inodes"),
+    [
+        ({"scratch_size": 1 * MiB}, "/", 256),
+        ({"shm_size": 1 * MiB}, "/dev/shm", 256),
+        ({"tmpfs": [("/work", 1 * MiB)]}, "/work", 256),
+    ],
+    ids=["writable-layer", "dev-shm", "tmpfs"],
+)
+def test_empty_files_are_bounded_by_the_size_too(rootfs, settings, directory, inodes):
+    result = sh_out(
+        _MAKE_FILES.format(dir=directory, count=inodes + 50)
+        + f"; stat -f -c '%c' {directory}",
+        [rootfs],
+        **settings,
+    )
+    made, total = (int(field) for field in result.stdout.split())
+    assert total == inodes
+    # The mount's own root and what pycontain keeps there (the upper and work
+    # directories, the masks over /proc) use some.
+    assert inodes - 32 <= made < inodes
+
+
 # -- checks, before anything is spawned --------------------------------------------------
 
 
