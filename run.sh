@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set pycontain up on a fresh Debian or Ubuntu machine and run it, as root.
+# Set pycontain up on a fresh Debian or Ubuntu machine and run it, as root
+# (or as another user, once the Debian packages are there: rootless mode).
 #
 #   ./run.sh demo    install pycontain into .venv and run a demo container
 #   ./run.sh test    install what the tests need too, and run the test suite
@@ -31,8 +32,11 @@ demo | test | test-rootless | lint | sanitize | asan | bench | package) ;;
     ;;
 esac
 
-if [ "$(id -u)" != 0 ]; then
-    echo "run.sh: pycontain creates namespaces and mounts, which needs root (try: sudo ./run.sh $task)" >&2
+# As another user, pycontain runs rootless (user namespaces), and run.sh does
+# what it can without root: it stops only where it would have to install
+# Debian packages, or for tasks that need root themselves.
+if [ "$(id -u)" != 0 ] && [ "$task" = test-rootless ]; then
+    echo "run.sh: test-rootless makes a user and drops to it, which needs root (try: sudo ./run.sh $task)" >&2
     exit 1
 fi
 
@@ -77,6 +81,10 @@ fi
 if [ "$task" = bench ]; then
     command -v bwrap >/dev/null || apt_missing+=(bubblewrap)
     command -v unshare >/dev/null || apt_missing+=(util-linux)
+fi
+if [ ${#apt_missing[@]} -gt 0 ] && [ "$(id -u)" != 0 ]; then
+    echo "run.sh: Debian packages are missing: ${apt_missing[*]} (install them, or run: sudo ./run.sh $task)" >&2
+    exit 1
 fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
     echo "run.sh: installing Debian packages: ${apt_missing[*]}"
