@@ -60,6 +60,16 @@ static int mount_bind(const struct pc_bind *bind, const struct pc_root *root, st
         flags |= MS_RDONLY;
     if (source_flags.f_flags & ST_NOEXEC)
         flags |= MS_NOEXEC;
+    /* The source's access-time mode too: in a user namespace a mount of the
+     * host keeps it locked, and a remount that changed it would be refused. */
+    if (source_flags.f_flags & ST_NOATIME)
+        flags |= MS_NOATIME;
+    else if (source_flags.f_flags & ST_RELATIME)
+        flags |= MS_RELATIME;
+    else
+        flags |= MS_STRICTATIME;
+    if (source_flags.f_flags & ST_NODIRATIME)
+        flags |= MS_NODIRATIME;
     pc_fd_path(&source, bind->source_fd);
     if (pc_mount_beneath(root->fd, bind->target, kind, 0755, root->force_walk, source.text, NULL,
                          MS_BIND, NULL, PC_STEP_MOUNT_BIND, err) < 0)

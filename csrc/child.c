@@ -152,6 +152,9 @@ static int run_steps(struct pc_child_args *args, struct pc_error *err)
     /* Fork path: wait until the caller holds our pidfd; die with it. */
     if (pc_fork_container_start(args, err) < 0)
         return -1;
+    /* A new user namespace (rootless mode) has no id maps yet: until it
+     * has, this process is nobody there and can mount nothing. */
+    STEP(PC_STEP_USERNS_MAP, pc_userns_write_maps(request, err));
     /* First, so that all the container does, its own set-up too, is limited and counted. */
     STEP(PC_STEP_JOIN_CGROUP, pc_cgroup_join(args, err));
     STEP(PC_STEP_SIGNALS, reset_signal_handlers(args, err));
@@ -174,7 +177,7 @@ static int run_steps(struct pc_child_args *args, struct pc_error *err)
     /* While the scratch tmpfs is reachable: pivot_root detaches it. */
     STEP(PC_STEP_SHARE_UPPER, pc_upper_share(request, &root, err));
     STEP(PC_STEP_MOUNT_PROC, pc_rootfs_mount_proc(&root, err));
-    STEP(PC_STEP_MOUNT_SYS, pc_rootfs_mount_sys(&root, err));
+    STEP(PC_STEP_MOUNT_SYS, pc_rootfs_mount_sys(request, &root, err));
     STEP(PC_STEP_MOUNT_DEV, pc_rootfs_mount_dev(request, &root, err));
     /* The caller's mounts last, so that they may go inside /dev or /proc. */
     STEP(PC_STEP_MOUNT_BIND, pc_binds_mount(request, &root, err));

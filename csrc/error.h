@@ -64,7 +64,8 @@ enum pc_step {
     PC_STEP_CAPABILITIES,    /* bounding, permitted, effective, ambient sets */
     PC_STEP_NO_NEW_PRIVS,
     PC_STEP_SECCOMP,
-    PC_STEP_INIT, /* exec'ing the init, or the init starting the program */
+    PC_STEP_INIT,       /* exec'ing the init, or the init starting the program */
+    PC_STEP_USERNS_MAP, /* writing the new user namespace's setgroups, uid_map, gid_map */
     PC_STEP_COUNT
 };
 

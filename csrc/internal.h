@@ -22,6 +22,8 @@
  *   lifecycle.c child side: exec of the init (init/init.c)
  *   overlay.c  parent side: the overlayfs mount options
  *   upper.c    child side: the throwaway upper directory's fd, to the parent
+ *   userns.c   child side: a new user namespace's id maps, /dev nodes bound
+ *              from the host (rootless mode)
  *   error.c    error records (convention in error.h)
  */
 #ifndef PYCONTAIN_INTERNAL_H
@@ -199,7 +201,8 @@ int pc_rootfs_mount_overlay(const struct pc_spawn_request *request,
 int pc_rootfs_mount_dev(const struct pc_spawn_request *request, const struct pc_root *root,
                         struct pc_error *err);
 int pc_rootfs_mount_proc(struct pc_root *root, struct pc_error *err);
-int pc_rootfs_mount_sys(const struct pc_root *root, struct pc_error *err);
+int pc_rootfs_mount_sys(const struct pc_spawn_request *request, const struct pc_root *root,
+                        struct pc_error *err);
 int pc_rootfs_seal_dev(const struct pc_root *root, struct pc_error *err);
 int pc_rootfs_pivot(struct pc_root *root, struct pc_error *err);
 
@@ -252,6 +255,13 @@ int pc_kernelfs_protect_sys(const struct pc_root *root, int sys_fd, struct pc_er
  * upper directory over request->upper_socket, when there is one. */
 int pc_upper_share(const struct pc_spawn_request *request, const struct pc_root *root,
                    struct pc_error *err);
+
+/* userns.c (child side, async-signal-safe): with CLONE_NEWUSER, write
+ * this process's setgroups ("deny"), uid_map and gid_map (else nothing);
+ * bind the host's device node `path` ("/dev/null") onto an empty file made
+ * in the new /dev `dev`, where mknod is not allowed. */
+int pc_userns_write_maps(const struct pc_spawn_request *request, struct pc_error *err);
+int pc_userns_bind_device(int dev, const char *path, struct pc_error *err);
 
 /* binds.c (child side, async-signal-safe) */
 int pc_binds_open_sources(const struct pc_spawn_request *request, struct pc_error *err);

@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -60,6 +61,12 @@ int pc_overlay_prepare(const struct pc_spawn_request *request, struct pc_overlay
         too_long =
             append(overlay->options, sizeof overlay->options, &used,
                    ",upperdir=%d/upper,workdir=%d/work", overlay->scratch_fd, overlay->scratch_fd);
+    /* In a user namespace overlayfs keeps its markers (whiteouts' and
+     * opaque directories' xattrs) in user.overlay.*, since trusted.* is
+     * real root's only (Linux 5.11). */
+    if (request->namespaces & CLONE_NEWUSER)
+        too_long =
+            too_long || append(overlay->options, sizeof overlay->options, &used, ",userxattr");
     too_long = too_long || append(overlay->target, sizeof overlay->target, &target_used, "%d/root",
                                   overlay->scratch_fd);
     if (too_long) {

@@ -114,6 +114,12 @@ struct pc_spawn_request {
     const struct pc_tmpfs *tmpfs;
     size_t tmpfs_count;
 
+    /* With CLONE_NEWUSER in namespaces: the lines the child writes to its
+     * own uid_map and gid_map (userns.c), built by the caller, e.g.
+     * "0 1000 1" (container id, caller's id, count); NULL otherwise. */
+    const char *uid_map;
+    const char *gid_map;
+
     /* Directory to chdir to inside the container (NULL: "/"). */
     const char *cwd;
 

@@ -5,7 +5,8 @@
  * and pivot_root would act on the caller's own mount namespace; without
  * CLONE_NEWPID, the container's /proc would show the host's processes. And
  * container paths must be plain absolute paths, resolved beneath the root
- * without "." or ".." (beneath.c).
+ * without "." or ".." (beneath.c). A new user namespace comes with the
+ * maps the child writes for it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -15,7 +16,8 @@
 
 #define REQUIRED_NAMESPACES (CLONE_NEWNS | CLONE_NEWPID)
 #define KNOWN_NAMESPACES                                                                           \
-    (CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP)
+    (CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP |   \
+     CLONE_NEWUSER)
 
 /* Absolute, not "/" itself, no "." or ".." component. */
 static int plain_container_path(const char *path)
@@ -49,7 +51,13 @@ int pc_request_check(const struct pc_spawn_request *request, struct pc_error *er
     if (request->namespaces & ~(unsigned long)KNOWN_NAMESPACES)
         return pc_fail(err, PC_STEP_PREPARE, EINVAL,
                        "namespaces has flags other than CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, "
-                       "CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWCGROUP");
+                       "CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWCGROUP, CLONE_NEWUSER");
+    /* A user namespace without maps leaves the child nobody, unable to
+     * mount or create anything (userns.c). */
+    if ((request->namespaces & CLONE_NEWUSER) &&
+        (request->uid_map == NULL || request->gid_map == NULL))
+        return pc_fail(err, PC_STEP_PREPARE, EINVAL,
+                       "namespaces has CLONE_NEWUSER without uid_map and gid_map");
     if (request->scratch_dir == NULL || request->scratch_dir[0] != '/')
         return pc_fail(err, PC_STEP_PREPARE, EINVAL, "scratch_dir must be an absolute path");
     if (request->exec_paths == NULL || request->exec_paths[0] == NULL)

@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <sched.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -215,19 +216,34 @@ int pc_rootfs_mount_proc(struct pc_root *root, struct pc_error *err)
     return rc;
 }
 
-int pc_rootfs_mount_sys(const struct pc_root *root, struct pc_error *err)
+int pc_rootfs_mount_sys(const struct pc_spawn_request *request, const struct pc_root *root,
+                        struct pc_error *err)
 {
+    /* In a user namespace the kernel mounts sysfs only for a network
+     * namespace that user namespace owns; with the host's network the
+     * host's /sys (with its submounts, which a user namespace cannot bind
+     * apart) is bound instead, then made read-only below. */
+    int host_sys = (request->namespaces & (CLONE_NEWUSER | CLONE_NEWNET)) == CLONE_NEWUSER;
     int sys, rc;
 
     /* sysfs shows the child's network namespace; read-only as in other
      * container runtimes. */
-    if (pc_mount_beneath(root->fd, "/sys", PC_NODE_DIRECTORY, 0555, root->force_walk, "sysfs",
-                         "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL,
-                         PC_STEP_MOUNT_SYS, err) < 0)
+    if (pc_mount_beneath(root->fd, "/sys", PC_NODE_DIRECTORY, 0555, root->force_walk,
+                         host_sys ? "/sys" : "sysfs", host_sys ? NULL : "sysfs",
+                         host_sys ? MS_BIND | MS_REC : MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                         NULL, PC_STEP_MOUNT_SYS, err) < 0)
         return -1;
     sys = open_mount_root(root->fd, "/sys", SYSFS_MAGIC, root->force_walk);
     if (sys < 0)
         return pc_fail(err, PC_STEP_MOUNT_SYS, errno, "/sys");
+    if (host_sys &&
+        pc_mount_on_fd(NULL, sys, NULL,
+                       MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                       NULL) < 0) {
+        rc = errno;
+        pc_close_nocancel(sys);
+        return pc_fail(err, PC_STEP_MOUNT_SYS, rc, "/sys");
+    }
     rc = pc_kernelfs_protect_sys(root, sys, err);
     pc_close_nocancel(sys);
     return rc;
@@ -258,10 +274,15 @@ static int populate_dev(const struct pc_spawn_request *request, int dev, int for
 {
     char options[PC_TMPFS_OPTIONS_MAX];
 
-    for (size_t i = 0; i < sizeof devices / sizeof devices[0]; i++)
-        if (mknodat(dev, devices[i].path + 5, S_IFCHR | 0666,
-                    makedev(devices[i].major, devices[i].minor)) < 0)
+    for (size_t i = 0; i < sizeof devices / sizeof devices[0]; i++) {
+        /* A user namespace may not mknod: bind the host's node instead. */
+        if (request->namespaces & CLONE_NEWUSER) {
+            if (pc_userns_bind_device(dev, devices[i].path, err) < 0)
+                return -1;
+        } else if (mknodat(dev, devices[i].path + 5, S_IFCHR | 0666,
+                           makedev(devices[i].major, devices[i].minor)) < 0)
             return pc_fail(err, PC_STEP_MKNOD, errno, devices[i].path);
+    }
     for (size_t i = 0; i < sizeof dev_links / sizeof dev_links[0]; i++)
         if (symlinkat(dev_links[i].target, dev, dev_links[i].path + 5) < 0)
             return pc_fail(err, PC_STEP_SYMLINK, errno, dev_links[i].path);

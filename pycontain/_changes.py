@@ -76,11 +76,15 @@ def check_format(format: str | None) -> None:
 
 
 def report(
-    upper_fd: int, layers: Sequence[bytes], mount_points: Iterable[bytes], format: str | None
+    upper_fd: int,
+    layers: Sequence[bytes],
+    mount_points: Iterable[bytes],
+    format: str | None,
+    prefix: bytes = TRUSTED,
 ) -> list[Change] | list[str]:
     """read_changes, as Changes or (format="docker") as docker diff's lines."""
     check_format(format)
-    found = read_changes(upper_fd, layers, mount_points)
+    found = read_changes(upper_fd, layers, mount_points, prefix)
     return docker_lines(found) if format == "docker" else found
 
 

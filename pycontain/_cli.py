@@ -196,6 +196,7 @@ _BY_NAME = {
     "scratch_size": _OptionKind("SIZE", _size),
     "shm_size": _OptionKind("SIZE", _size),
     "die_with_parent": _OptionKind(None, str, flag=True),  # bool | None: unset is None
+    "userns": _OptionKind(None, str, flag=True),  # bool | None: unset is automatic
 }
 # A repeatable option is named for one item.
 _OPTION_NAMES = {
@@ -235,6 +236,8 @@ _HELP = {
     "(default: with --init)",
     "new_session": "a process group (and, with a terminal, a session) of its own "
     "(default; --no-new-session: this command's)",
+    "userns": "a user namespace of its own, in which your ids are 0 (rootless mode; default: "
+    "only without CAP_SYS_ADMIN; --no-userns: never)",
 }
 
 

@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Unpack, overload
 
-from . import _callbacks, _cgroup, _lifecycle, _mounts, _privileges, _spawn
+from . import _callbacks, _cgroup, _lifecycle, _mounts, _privileges, _spawn, _userns
 from ._io import Stream
 from ._privileges import Network, Seccomp
 from ._spawn import Env, StrOrBytesPath
@@ -76,6 +76,7 @@ class ContainerSettings(TypedDict, total=False):
     init: bool
     die_with_parent: bool | None
     new_session: bool
+    userns: bool | None
 
 
 class _Layers(TypedDict, total=False):
@@ -230,6 +231,13 @@ class Container:
     ``new_session=True`` (the default) puts the container in a session and
     process group of its own, out of reach of this one's terminal.
 
+    Rootless mode (README, "Rootless"): ``userns=None`` (the default) gives
+    the container a user namespace of its own when this process lacks
+    ``CAP_SYS_ADMIN``, in which your uid and gid are 0 and no other id
+    exists; ``True`` does so for root too (root in the container is then
+    not root on the host); ``False`` never does (without ``CAP_SYS_ADMIN``
+    a spawn then raises ``PermissionError``).
+
     A Container is an immutable value: checked when made (bad values raise
     here, as a spawn would), comparable, hashable, picklable (when its
     callbacks are), and changed only by :meth:`replace`, which returns a new
@@ -262,6 +270,7 @@ class Container:
     init: bool = True
     die_with_parent: bool | None = None
     new_session: bool = True
+    userns: bool | None = None
     # Checked and encoded once, reused by every spawn (not part of the value).
     _plan: _spawn.ContainerPlan = dataclasses.field(
         init=False, repr=False, compare=False, hash=False
@@ -276,6 +285,7 @@ class Container:
                 f"rlimits must be a mapping of names to limits, not {type(self.rlimits).__name__}"
             )
         groups = None if self.groups is None else _groups(self.groups)
+        userns = _userns.resolve(self.userns)
         settings = _spawn.settings(
             hostname=self.hostname,
             rlimits=self.rlimits,
@@ -287,6 +297,7 @@ class Container:
             privileged=self.privileged,
             seccomp=self.seccomp,
             network=self.network,
+            userns=userns,
         )
         _callbacks.require_callable("pre_pivot", self.pre_pivot)
         limits = _cgroup.parse_limits(self.limits)
@@ -313,6 +324,7 @@ class Container:
             init=self.init,
             die_with_parent=die_with_parent,
             new_session=self.new_session,
+            userns=userns,
         )
         # Normalised, so that equal descriptions compare (and hash) equal.
         set_field = object.__setattr__
@@ -351,7 +363,9 @@ class Container:
             raise ValueError("Container.changes() needs a writedir (see Process.changes())")
         upper = os.open(self._plan.writedir_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            return _changes.report(upper, self._plan.layer_paths, self._mount_points(), format)
+            return _changes.report(
+                upper, self._plan.layer_paths, self._mount_points(), format, self._plan.xattr_prefix
+            )
         finally:
             os.close(upper)
 

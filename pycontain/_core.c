@@ -521,7 +521,8 @@ PyDoc_STRVAR(spawn_doc,
              "      tmpfs=None, force_resolve_walk=False,\n"
              "      privileged=False, capabilities=0, last_capability=CAP_LAST_CAP,\n"
              "      seccomp=None, new_session=True, upper_socket=-1, main=None, init_fd=-1,\n"
-             "      init_argv=None, init_keep_fds=(), stay_in_caller_group=False)\n"
+             "      init_argv=None, init_keep_fds=(), stay_in_caller_group=False,\n"
+             "      uid_map=None, gid_map=None)\n"
              "      -> (pid, pidfd, mntns)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
@@ -540,7 +541,9 @@ PyDoc_STRVAR(spawn_doc,
              "upper_socket: an AF_UNIX datagram socket the child sends an fd of the\n"
              "throwaway upper directory over (csrc/upper.c), or -1.\n"
              "main (a callable) runs instead of the exec, as the program (pycontain.call).\n"
-             "init_fd >= 0: exec that init with init_argv as the last step (csrc/init/).");
+             "init_fd >= 0: exec that init with init_argv as the last step (csrc/init/).\n"
+             "uid_map, gid_map: bytes the child writes to its maps when namespaces has\n"
+             "CLONE_NEWUSER (csrc/userns.c).");
 
 static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -591,11 +594,15 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "init_argv",
                                "init_keep_fds",
                                "stay_in_caller_group",
+                               "uid_map",
+                               "gid_map",
                                NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd_object, *layer_path_list, *rlimit_list;
     PyObject *group_list, *layer_fd_list, *stdio_list, *pass_fd_list, *result = NULL;
     PyObject *upper_path_object, *work_path_object, *hostname_object, *scratch_object;
     PyObject *trace = Py_None, *cgroup_procs_list = NULL;
+    PyObject *uid_map_object = Py_None, *gid_map_object = Py_None;
+    char *uid_map = NULL, *gid_map = NULL;
     PyObject *pre_pivot = Py_None, *pre_exec = Py_None, *format_exception = Py_None;
     PyObject *seccomp = Py_None, *bind_list = Py_None, *tmpfs_list = Py_None;
     int privileged = 0, last_capability = CAP_LAST_CAP, new_session = 1, force_resolve_walk = 0;
@@ -629,8 +636,8 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     struct pc_error err;
 
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOOOiOiOkOOOOOLLi|pOOOOipiOKKKKOOppKiOpiOiOOp", keywords, &argv_list,
-            &envp_list, &exec_list, &cwd_object, &layer_path_list, &layer_fd_list,
+            args, kwargs, "OOOOOOOiOiOkOOOOOLLi|pOOOOipiOKKKKOOppKiOpiOiOOpOO", keywords,
+            &argv_list, &envp_list, &exec_list, &cwd_object, &layer_path_list, &layer_fd_list,
             &upper_path_object, &upper_fd, &work_path_object, &work_fd, &scratch_object,
             &namespaces, &stdio_list, &pass_fd_list, &hostname_object, &rlimit_list, &group_list,
             &gid, &uid, &umask_value, &force_legacy_clone, &trace, &pre_pivot, &pre_exec,
@@ -638,7 +645,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
             &scratch_size, &dev_size, &dev_inodes, &shm_size, &bind_list, &tmpfs_list,
             &force_resolve_walk, &privileged, &capabilities, &last_capability, &seccomp,
             &new_session, &upper_socket, &main_hook, &init_fd, &init_argv_list, &init_keep_list,
-            &stay_in_caller_group))
+            &stay_in_caller_group, &uid_map_object, &gid_map_object))
         return NULL;
     if (convert_string_array(argv_list, &argv, "argv") < 0 ||
         convert_string_array(envp_list, &envp, "envp") < 0 ||
@@ -656,6 +663,8 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
         convert_optional_string(upper_path_object, &upper_path, "upper_path") < 0 ||
         convert_optional_string(work_path_object, &work_path, "work_path") < 0 ||
         convert_optional_string(hostname_object, &hostname, "hostname") < 0 ||
+        convert_optional_string(uid_map_object, &uid_map, "uid_map") < 0 ||
+        convert_optional_string(gid_map_object, &gid_map, "gid_map") < 0 ||
         convert_optional_string(scratch_object, &scratch_dir, "scratch_dir") < 0 ||
         convert_rlimits(rlimit_list, &rlimits, &request.rlimit_count) < 0)
         goto done;
@@ -747,6 +756,8 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     request.pass_fds = pass_fds.items;
     request.pass_fd_count = pass_fds.count;
     request.hostname = hostname;
+    request.uid_map = uid_map;
+    request.gid_map = gid_map;
     request.rlimits = rlimits;
     request.gid = gid;
     request.uid = uid;
@@ -837,6 +848,8 @@ done:
     PyMem_Free(upper_path);
     PyMem_Free(work_path);
     PyMem_Free(hostname);
+    PyMem_Free(uid_map);
+    PyMem_Free(gid_map);
     PyMem_Free(seccomp_filter);
     PyMem_Free(init_argv.items);
     PyMem_Free(init_keep_fds.items);
@@ -1026,7 +1039,8 @@ static int core_exec(PyObject *module)
         PyModule_AddIntConstant(module, "CLONE_NEWPID", CLONE_NEWPID) < 0 ||
         PyModule_AddIntConstant(module, "CLONE_NEWNET", CLONE_NEWNET) < 0 ||
         PyModule_AddIntConstant(module, "CLONE_NEWUTS", CLONE_NEWUTS) < 0 ||
-        PyModule_AddIntConstant(module, "CLONE_NEWIPC", CLONE_NEWIPC) < 0)
+        PyModule_AddIntConstant(module, "CLONE_NEWIPC", CLONE_NEWIPC) < 0 ||
+        PyModule_AddIntConstant(module, "CLONE_NEWUSER", CLONE_NEWUSER) < 0)
         return -1;
     return 0;
 }

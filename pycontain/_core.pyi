@@ -10,6 +10,7 @@ CLONE_NEWPID: int
 CLONE_NEWNET: int
 CLONE_NEWUTS: int
 CLONE_NEWIPC: int
+CLONE_NEWUSER: int
 MESSAGE_ERROR: int
 MESSAGE_EXEC_OK: int
 MESSAGE_STATUS: int
@@ -65,6 +66,8 @@ def spawn(
     stay_in_caller_group: bool = ...,
     new_session: bool = ...,
     main: Callable[[], object] | None = ...,
+    uid_map: bytes | None = ...,
+    gid_map: bytes | None = ...,
 ) -> tuple[int, int, int]: ...
 def wait_pidfd(
     pidfd: int, options: int, /

@@ -2,8 +2,9 @@
 
 Read only: it reads /proc, /sys and the process's own credentials, asks the
 kernel about system calls with arguments it must refuse (so nothing is
-created), and starts one container (the host's / as its layer, running a
-Python function that returns at once) to see that the whole path works.
+created), and starts one container (the host's / as its layer, or in
+rootless mode this package's directory, running a Python function that
+returns at once) to see that the whole path works.
 It never changes a sysctl, loads a module or mounts anything on the host.
 Each "no" comes with the command that would change it.
 """
@@ -311,16 +312,38 @@ def _userns_checks(root: bool) -> list[Check]:
     return checks
 
 
-def _try_a_container() -> Check:
+def _rootless_check(admin: bool) -> Check:
+    """Whether containers can run in a user namespace (required without CAP_SYS_ADMIN)."""
+    from . import _userns
+
+    refused = _userns.refusal(admin)
+    return Check(
+        "rootless mode",
+        refused is None,
+        ("a user namespace per container, your uid and gid as 0 " + _ROOTLESS_LIMITS)
+        if refused is None
+        else refused.split(";")[0],
+        None if refused is None else refused.split(": ", 1)[-1],
+        required=not admin,
+    )
+
+
+_ROOTLESS_LIMITS = "(a layer with mounts below it, such as the host's /, is refused)"
+
+
+def _try_a_container(admin: bool) -> Check:
     import warnings
 
     from ._call import call
 
+    # Rootless, the host's / cannot be a layer (mounts below it): a
+    # directory without any, since the function needs nothing of the layer.
+    layer = "/" if admin else os.path.dirname(os.path.abspath(__file__))
     try:
         with warnings.catch_warnings():
             # os.getpid takes no lock, so another thread's cannot hang it.
             warnings.simplefilter("ignore", RuntimeWarning)
-            pid = call(os.getpid, layers=["/"], timeout=30)
+            pid = call(os.getpid, layers=[layer], timeout=30)
     except Exception as error:
         return Check(
             "start a container",
@@ -328,7 +351,8 @@ def _try_a_container() -> Check:
             f"{type(error).__name__}: {error}".splitlines()[0],
             required=True,
         )
-    return Check("start a container", pid == 1, "the host's / as the layer, a function as PID 1")
+    where = "the host's /" if admin else f"{layer} (rootless mode)"
+    return Check("start a container", pid == 1, f"{where} as the layer, a function as PID 1")
 
 
 def doctor(*, try_container: bool = True) -> DoctorReport:
@@ -355,15 +379,13 @@ def doctor(*, try_container: bool = True) -> DoctorReport:
     checks.append(
         Check(
             "privileges",
-            admin,
-            f"uid {os.geteuid()}, CAP_SYS_ADMIN {'held' if admin else 'not held'}",
-            None
-            if admin
-            else "run as root (sudo); a rootless mode through user namespaces is planned",
-            required=True,
+            admin if admin else None,
+            f"uid {os.geteuid()}, CAP_SYS_ADMIN {'held' if admin else 'not held'}"
+            + ("" if admin else ": containers run in rootless mode (below)"),
         )
     )
     checks.extend(_userns_checks(root))
+    checks.append(_rootless_check(admin))
     checks.extend(_overlay_checks(kernel))
     for name, (number, since, why) in _SYSCALLS.items():
         ok, detail = _syscall_available(number) if linux else (False, "not Linux")
@@ -410,7 +432,7 @@ def doctor(*, try_container: bool = True) -> DoctorReport:
     checks.append(Check("busybox, bwrap, a runtime", None, "not needed"))
     can_run = not any(check.required and check.ok is False for check in checks)
     if try_container and can_run:
-        proof = _try_a_container()
+        proof = _try_a_container(admin)
         checks.append(proof)
         can_run = bool(proof.ok)
     return DoctorReport(can_run=can_run, checks=tuple(checks))

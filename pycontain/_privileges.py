@@ -184,11 +184,17 @@ def check(
     seccomp: Seccomp = "default",
     network: Network = "none",
     uid: int = -1,
+    userns: bool = False,
 ) -> Privileges:
     """Check the privilege and network keywords; raises ValueError/TypeError.
 
-    ``uid`` is the checked uid (-1: unchanged, i.e. root).
+    ``uid`` is the checked uid (-1: unchanged, i.e. root). With ``userns``
+    the container gets a user namespace of its own, in which it starts with
+    every capability whatever this process has (over what that namespace
+    owns only): then the caller's own set does not bound it.
     """
+    # Every capability, in a user namespace; else at most what this process has.
+    available = (1 << (last_capability() + 1)) - 1 if userns else caller_capabilities()
     if not isinstance(privileged, bool):
         raise TypeError(f"privileged must be True or False, not {type(privileged).__name__}")
     if network not in NETWORK_MODES:
@@ -198,11 +204,13 @@ def check(
     checked = Privileges(privileged=privileged)
     if network == "host":
         checked.namespaces &= ~_core.CLONE_NEWNET
+    if userns:
+        checked.namespaces |= _core.CLONE_NEWUSER
     if privileged and capabilities is not None:
         raise ValueError("privileged=True keeps every capability; do not pass capabilities=")
     if capabilities is not None:
         checked.capabilities = capability_mask(capabilities)
-        missing = checked.capabilities & ~caller_capabilities()
+        missing = checked.capabilities & ~available
         if missing:
             names = [name for number, name in enumerate(CAPABILITIES) if missing >> number & 1]
             raise ValueError(
@@ -212,7 +220,7 @@ def check(
     elif uid <= 0:
         # What of the default set this process has (a caller that is itself
         # confined may lack some): capset cannot grant more.
-        checked.capabilities = capability_mask(DEFAULT_CAPABILITIES) & caller_capabilities()
+        checked.capabilities = capability_mask(DEFAULT_CAPABILITIES) & available
     # else: a non-root program gets no capabilities unless asked for.
     if seccomp == "default":
         # privileged=True turns the default filter off; an own one still loads.

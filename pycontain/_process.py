@@ -208,7 +208,7 @@ class Process:
         prepared.stdio = (streams.child[0], streams.child[1], streams.child[2])
         cgroup = None
         try:
-            if container.netns_pool:
+            if container._plan.netns_pool:  # off in a user namespace
                 _netns.ensure_pool()
             if container._plan.limits is not None:
                 cgroup = _cgroup.create(container._plan.limits)
@@ -510,8 +510,9 @@ class Process:
         """
         _changes.check_format(format)  # before anything else can fail
         with self._upper() as upper:
+            plan = self.container._plan
             return _changes.report(
-                upper, self.container._plan.layer_paths, self.container._mount_points(), format
+                upper, plan.layer_paths, self.container._mount_points(), format, plan.xattr_prefix
             )
 
     def commit(self, path: StrOrBytesPath) -> StrOrBytesPath:
@@ -524,7 +525,7 @@ class Process:
         """
         destination = _spawn.to_bytes(path, "path")
         with self._upper() as upper:
-            _changes.commit(upper, destination)
+            _changes.commit(upper, destination, self.container._plan.xattr_prefix)
         return path
 
     def apply_to(self, host_dir: StrOrBytesPath, select: _changes.Select = None) -> list[Change]:
@@ -538,8 +539,9 @@ class Process:
         changes applied.
         """
         with self._upper() as upper:
+            plan = self.container._plan
             found = _changes.read_changes(
-                upper, self.container._plan.layer_paths, self.container._mount_points()
+                upper, plan.layer_paths, self.container._mount_points(), plan.xattr_prefix
             )
             return _changes.apply_to(upper, found, _spawn.to_bytes(host_dir, "host_dir"), select)
 

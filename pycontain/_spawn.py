@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _core, _lifecycle, _mounts, _privileges
+from . import _core, _lifecycle, _mounts, _privileges, _userns
 from ._cgroup import Cgroup, Limits
 from ._errors import SpawnError, TimeoutExpired, callback_error, spawn_error
 
@@ -104,6 +104,13 @@ class ContainerPlan:
     init: bool = True
     die_with_parent: bool = True
     new_session: bool = True
+    # A user namespace of its own (rootless mode, pycontain/_userns.py).
+    userns: bool = False
+
+    @property
+    def xattr_prefix(self) -> bytes:
+        """Where overlayfs keeps its markers in this container's writable layer."""
+        return b"user.overlay." if self.userns else b"trusted.overlay."
 
 
 @dataclass
@@ -208,8 +215,12 @@ def settings(
     privileged: bool = False,
     seccomp: _privileges.Seccomp = "default",
     network: _privileges.Network = "none",
+    userns: bool = False,
 ) -> Settings:
-    """Check the declarative settings; raises ValueError/TypeError."""
+    """Check the declarative settings; raises ValueError/TypeError.
+
+    ``userns``: the container gets a user namespace (rootless mode,
+    pycontain/_userns.py), which refuses what it cannot honour."""
     checked = Settings(gid=_id(gid, "gid"), uid=_id(uid, "uid"))
     checked.privileges = _privileges.check(
         capabilities=capabilities,
@@ -217,6 +228,7 @@ def settings(
         seccomp=seccomp,
         network=network,
         uid=checked.uid,
+        userns=userns,
     )
     if hostname is not None:
         name = to_bytes(hostname, "hostname")
@@ -247,6 +259,10 @@ def settings(
         if isinstance(umask, bool) or not isinstance(umask, int) or not 0 <= umask <= 0o777:
             raise ValueError(f"umask must be an int from 0 to 0o777, not {umask!r}")
         checked.umask = umask
+    if userns:
+        _userns.check_settings(
+            uid=checked.uid, gid=checked.gid, groups=checked.groups, rlimits=checked.rlimits
+        )
     return checked
 
 
@@ -307,8 +323,22 @@ os.register_at_fork(after_in_child=_close_writedir_locks_in_child)
 
 def remove_workdir(path: bytes | None) -> None:
     if path is not None:
-        # The overlay made a mode-000 "work" directory in it; root removes it.
+        # The overlay made a mode-000 "work" directory in it: root removes it
+        # as it is, its owner (rootless mode) must open it up first.
+        if os.geteuid() != 0:
+            _open_up(path)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _open_up(path: bytes) -> None:
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    os.chmod(entry.path, 0o700)
+                    _open_up(entry.path)
+    except OSError:
+        pass  # rmtree ignores what is left
 
 
 def _argv(args: StrOrBytesPath | Sequence[StrOrBytesPath]) -> list[bytes]:
@@ -370,12 +400,18 @@ def plan(
     init: bool = True,
     die_with_parent: bool = True,
     new_session: bool = True,
+    userns: bool = False,
 ) -> ContainerPlan:
     """Check a container's directories and encode them, once per container.
 
     Raises what a spawn with them would raise (ValueError, TypeError, an
     OSError subclass naming a missing directory) and keeps nothing open.
     """
+    if userns:
+        # Before anything else: nothing can run where the system forbids it.
+        refused = _userns.refusal(_userns.caller_has_sys_admin())
+        if refused is not None:
+            raise PermissionError(errno.EPERM, f"pycontain: {refused}")
     layer_paths = _layer_paths(layers)
     writedir_path = None if writedir is None else to_bytes(writedir, "writedir")
     workdir_path = None if workdir is None else to_bytes(workdir, "workdir")
@@ -397,6 +433,11 @@ def plan(
     mounts = _mounts.check() if mounts is None else mounts
     for fd in _mounts.open_sources(mounts):
         os.close(fd)
+    if userns:
+        _userns.check_directories(
+            [("layer", layer) for layer in layer_paths]
+            + [("bind source", source) for source, _, _ in mounts.binds if os.path.isdir(source)]
+        )
     return ContainerPlan(
         layers=tuple(layer_paths),
         layer_paths=tuple(os.path.abspath(layer) for layer in layer_paths),
@@ -405,13 +446,16 @@ def plan(
         workdir=workdir_path,
         workdir_path=None if workdir_path is None else os.path.abspath(workdir_path),
         settings=settings,
-        netns_pool=netns_pool,
+        # A user namespace's sysfs needs a network namespace it owns, and the
+        # pool's belong to the host's (README, "Rootless").
+        netns_pool=netns_pool and not userns,
         keep_upper=keep_upper,
         limits=limits,
         mounts=mounts,
         init=init,
         die_with_parent=die_with_parent,
         new_session=new_session,
+        userns=userns,
     )
 
 
@@ -576,6 +620,7 @@ def spawn(
     # pycontain.call runs a function in place of the exec: no program for
     # an init to start.
     runs_a_program = (hooks or {}).get("main") is None
+    uid_map, gid_map = _userns.maps() if plan.userns else (None, None)
     init = (
         _lifecycle.plan(prepared.exec_paths, prepared.argv, die_with_parent=plan.die_with_parent)
         if plan.init and runs_a_program
@@ -628,6 +673,8 @@ def spawn(
             init_argv=None if init is None else init.argv,
             init_keep_fds=[] if init is None else init.keep_fds,
             stay_in_caller_group=not plan.new_session,
+            uid_map=uid_map,
+            gid_map=gid_map,
             **(hooks or {}),
         )
     except _core.StepError as failure:
@@ -737,10 +784,12 @@ def _translate(prepared: Prepared, step: str, err: int, detail: bytes) -> Except
         strerror = _MOUNT_POINT_ERRORS[err]
     elif step == "seccomp" and err == errno.EINVAL:
         strerror = f"{os.strerror(err)} (the kernel refused the seccomp filter as a BPF program)"
+    elif step == "clone" and prepared.plan.userns:
+        strerror = _userns.clone_refusal(err)
     elif step == "clone" and err in (errno.EPERM, errno.EACCES):
         strerror = (
-            f"{os.strerror(err)} (creating namespaces needs root with CAP_SYS_ADMIN; "
-            "rootless mode is not supported yet)"
+            f"{os.strerror(err)} (creating namespaces needs root with CAP_SYS_ADMIN, or a "
+            "user namespace: userns=None (automatic) or True, not False)"
         )
     error: SpawnError = spawn_error(step, err, filename, strerror)
     return error

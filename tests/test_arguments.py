@@ -423,6 +423,7 @@ _KEYWORDS = {
     "init": _either(st.booleans()),
     "die_with_parent": _either(st.sampled_from([None, True, False, 1])),
     "new_session": _either(st.booleans()),
+    "userns": _either(st.sampled_from([None, True, False, 1])),
     "seccomp": _either(st.sampled_from(["default", None, "x", b"", b"\0" * 8, b"\0" * 7])),
     "network": _either(st.sampled_from(["none", "host", "x", None])),
     "binds": _either(
