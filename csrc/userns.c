@@ -22,6 +22,8 @@
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -63,6 +65,38 @@ int pc_userns_write_maps(const struct pc_spawn_request *request, struct pc_error
     return 0;
 }
 
+/* A bind keeps the flags of the host's /dev mount, which may lack nosuid
+ * and noexec: add them (a device node needs no exec or setuid), keeping
+ * what the user namespace locked (read-only, the access-time mode), which
+ * a remount may not change. Returns 0 or an errno. */
+static int seal_device(int dev, const char *path, int source)
+{
+    unsigned long flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC;
+    struct statfs host;
+    int bound, failed = 0;
+
+    if (fstatfs(source, &host) < 0)
+        return errno;
+    if (host.f_flags & ST_RDONLY)
+        flags |= MS_RDONLY;
+    if (host.f_flags & ST_NOATIME)
+        flags |= MS_NOATIME;
+    else if (host.f_flags & ST_RELATIME)
+        flags |= MS_RELATIME;
+    else
+        flags |= MS_STRICTATIME;
+    if (host.f_flags & ST_NODIRATIME)
+        flags |= MS_NODIRATIME;
+    /* Opened again: the remount applies to the bind at its root. */
+    bound = pc_openat_nocancel(dev, path + 5, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (bound < 0)
+        return errno;
+    if (pc_mount_on_fd(NULL, bound, NULL, flags, NULL) < 0)
+        failed = errno;
+    pc_close_nocancel(bound);
+    return failed;
+}
+
 int pc_userns_bind_device(int dev, const char *path, struct pc_error *err)
 {
     struct pc_fd_path source_path;
@@ -90,6 +124,8 @@ int pc_userns_bind_device(int dev, const char *path, struct pc_error *err)
     if (pc_mount_on_fd(source_path.text, target, NULL, MS_BIND, NULL) < 0)
         failed = errno;
     pc_close_nocancel(target);
+    if (failed == 0)
+        failed = seal_device(dev, path, source);
     pc_close_nocancel(source);
     return failed == 0 ? 0 : pc_fail(err, PC_STEP_MOUNT_DEV, failed, path);
 }

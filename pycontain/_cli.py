@@ -2,7 +2,7 @@
 
 pycontain run [OPTIONS] [--] CMD [ARGS...]   run CMD in a container
 pycontain doctor [--json]                    what this machine allows
-pycontain                                    a demo over the host's /
+pycontain                                    a demo over the host's / (rootless: /usr)
 
 The container's options are generated from :class:`pycontain.Container`'s
 fields (``CONTAINER_OPTIONS``): a new field becomes an option without an
@@ -512,10 +512,26 @@ def build_parser(prog: str = "pycontain") -> argparse.ArgumentParser:
     return parser
 
 
+def _demo_layer() -> list[str]:
+    """The demo's layer: the host's /, or in rootless mode, where / cannot be a
+    layer (it has mounts below it), the host's /usr, which on a merged-/usr
+    system (Debian >= 12) holds bin/, lib/ and lib64/ for a root of its own."""
+    from . import _userns
+
+    if _userns.caller_has_sys_admin() or not os.path.exists("/usr/bin/sh"):
+        return []
+    try:
+        _userns.check_directories([("layer", b"/usr")])
+    except ValueError:
+        return []
+    print("(rootless mode: the host's /usr as the container's /)", flush=True)
+    return ["--layer", "/usr"]
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "pycontain") -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if not arguments:
-        arguments = ["run", "--", "/bin/sh", "-c", DEMO_SCRIPT]
+        arguments = ["run", *_demo_layer(), "--", "/bin/sh", "-c", DEMO_SCRIPT]
     elif arguments[0] not in ("run", "diff", "doctor", "-h", "--help", "--version"):
         # python -m pycontain --layer DIR -- CMD: the older form of "run".
         arguments.insert(0, "run")

@@ -102,6 +102,14 @@ def container_rootfs(pytestconfig: pytest.Config) -> str:
     path = os.path.join(str(pytestconfig.rootpath), str(path))  # relative to the rootdir
     if not os.path.isdir(path):
         raise pytest.UsageError(f"pycontain_rootfs {path!r} is not a directory")
+    from . import _userns
+
+    if not _userns.caller_has_sys_admin():
+        # Rootless mode refuses a layer with mounts below it, such as the host's /.
+        try:
+            _userns.check_directories([("pycontain_rootfs", os.fsencode(path))])
+        except ValueError as error:
+            pytest.skip(f"pycontain cannot start containers here: {error}")
     return path
 
 

@@ -171,3 +171,17 @@ def workdir_siblings(writedir: os.PathLike | str | bytes) -> list[bytes]:
 
 def tree(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+# Why a test needs root beyond rootless mode (@pytest.mark.needs_root; README, "Rootless").
+NEEDS_OTHER_IDS = (
+    "uid=, gid= or groups= other than 0: rootless mode's single-id uid_map and gid_map "
+    "hold no other id"
+)
+NEEDS_HOST_ROOT_LAYER = (
+    "the host's / as a layer: it has mounts below it, which a user namespace keeps locked to it"
+)
+NEEDS_CGROUP = (
+    "limits=: a cgroup this user may write (root on cgroup v1, or a delegated v2 subtree, "
+    "which the rootless test run does not have)"
+)

@@ -15,6 +15,7 @@ import threading
 import pytest
 from helpers import (
     BB_ENV,
+    NEEDS_OTHER_IDS,
     TIMEOUT,
     child_pids,
     fd_count,
@@ -371,6 +372,7 @@ def test_spawn_error_is_raised_and_leaves_nothing(rootfs, no_leaks):
     arun(main())
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_other_keywords_reach_process(rootfs):
     async def main():
         p = await spawn(

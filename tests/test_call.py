@@ -20,7 +20,7 @@ import warnings
 import weakref
 
 import pytest
-from helpers import TIMEOUT, child_pids, wait_until
+from helpers import NEEDS_HOST_ROOT_LAYER, NEEDS_OTHER_IDS, TIMEOUT, child_pids, wait_until
 
 import pycontain
 
@@ -57,6 +57,7 @@ def crash() -> None:
     ctypes.string_at(0)  # SIGSEGV
 
 
+@pytest.mark.needs_root(NEEDS_HOST_ROOT_LAYER)
 def test_modules_not_imported_before_the_call_are_not_there(rootfs):
     # The container's / is the busybox layer: no Python library in it.
     def load(name: str) -> str:
@@ -102,6 +103,7 @@ def test_the_function_runs_with_a_programs_privileges(rootfs):
     assert box.call(no_new_privs) == 0
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_container_keywords_apply(rootfs, tmp_path):
     writedir = tmp_path / "upper"
     writedir.mkdir()

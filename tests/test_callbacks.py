@@ -21,7 +21,7 @@ import time
 import warnings
 
 import pytest
-from helpers import BB_ENV, TIMEOUT
+from helpers import BB_ENV, NEEDS_OTHER_IDS, TIMEOUT
 
 import pycontain
 from pycontain import PIPE, _spawn  # _spawn: only for scratch_dir(), pre_pivot's cwd
@@ -170,6 +170,7 @@ def test_pre_pivot_does_not_touch_the_layers(rootfs, quiet):
     assert os.path.lexists(os.path.join(rootfs, "bin", "sh"))
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_pre_exec_runs_inside_the_container(rootfs, quiet):
     def pre_exec():
         facts = {

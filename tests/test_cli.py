@@ -10,7 +10,15 @@ import subprocess
 import sys
 
 import pytest
-from helpers import TIMEOUT, child_pids, handles_signal, program_pid, wait_until
+from helpers import (
+    NEEDS_CGROUP,
+    NEEDS_OTHER_IDS,
+    TIMEOUT,
+    child_pids,
+    handles_signal,
+    program_pid,
+    wait_until,
+)
 
 import pycontain
 from pycontain import _cli
@@ -34,6 +42,7 @@ def test_the_demo_without_arguments(host_root):
     assert "my pid is 2" in done.stdout  # under pycontain's init, PID 1
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_run_with_options(rootfs, tmp_path):
     writedir = tmp_path / "upper"
     writedir.mkdir()
@@ -70,6 +79,7 @@ def test_mount_and_privilege_options(rootfs, tmp_path):
     assert cli("run", "--layer", rootfs, "--bind", "nocolon", "--", "/bin/true").returncode == 125
 
 
+@pytest.mark.needs_root(NEEDS_CGROUP)
 def test_limits_become_a_mapping(rootfs):
     options = _cli.build_parser().parse_args(
         ["run", "--layer", rootfs, "--limit", "pids=16", "--limit", "memory=64M", "--", "x"]
@@ -151,7 +161,9 @@ def _container_of(cli_pid: int) -> int:
         for pid in pids:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"sleep" in f.read():
+                    # The init, once exec'd: until then the child shares the
+                    # CLI's memory, and its command line (which names sleep too).
+                    if f.read().startswith(b"pycontain-init"):
                         found.append(pid)
                         return True
             except FileNotFoundError:

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import BB_ENV, TIMEOUT
+from helpers import BB_ENV, NEEDS_OTHER_IDS, TIMEOUT
 
 import pycontain
 from pycontain import Container
@@ -27,6 +27,7 @@ def test_fields_are_read_only(rootfs):
     assert box.hostname == "a"
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_mutable_inputs_are_copied(rootfs):
     layers, rlimits, groups = [rootfs], {"nofile": (64, 64)}, [1, 2]
     box = Container(layers=layers, rlimits=rlimits, groups=groups)
@@ -40,6 +41,7 @@ def test_mutable_inputs_are_copied(rootfs):
         box.rlimits["core"] = 0  # type: ignore[index]
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_replace_returns_a_new_container(rootfs):
     box = Container(layers=[rootfs], hostname="a")
     other = box.replace(hostname="b", uid=5)
@@ -58,6 +60,7 @@ def test_replace_checks_like_the_constructor(rootfs, tmp_path):
         box.replace(no_such_setting=1)  # type: ignore[call-arg]
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_equality_and_hash(rootfs):
     a = Container(layers=[rootfs], rlimits={"nofile": 10}, groups=[1])
     b = Container(layers=(Path(rootfs),), rlimits={"nofile": 10}, groups=(1,))
@@ -67,6 +70,7 @@ def test_equality_and_hash(rootfs):
     assert a != Container(layers=[rootfs])
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_repr_shows_what_differs_from_the_defaults(rootfs):
     box = Container(layers=[rootfs], hostname="sandbox", uid=1000)
     assert repr(box) == f"Container(layers=[{rootfs!r}], hostname='sandbox', uid=1000)"
@@ -79,6 +83,7 @@ def test_settings_round_trip(rootfs):
     assert Container(**box.settings()) == box
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_pickle_round_trip(rootfs, tmp_path):
     (tmp_path / "w").mkdir()
     box = Container(
@@ -253,6 +258,7 @@ def _hostname_and_ids(layers, entry: str, **settings) -> bytes:
 
 
 @pytest.mark.parametrize("entry", ["Process", "run", "create_subprocess_exec", "Container"])
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_every_entry_point_applies_the_container_settings(rootfs, entry):
     settings = {"hostname": "everywhere", "uid": 1234, "gid": 4321}
     if entry == "Container":

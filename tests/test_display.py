@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from helpers import BB_ENV, TIMEOUT
+from helpers import BB_ENV, NEEDS_CGROUP, TIMEOUT
 
 import pycontain
 
@@ -62,6 +62,7 @@ def test_async_process(rootfs):
     assert "state=exit status 0" in text
 
 
+@pytest.mark.needs_root(NEEDS_CGROUP)
 def test_cgroup_accounting_is_shown_where_measured(rootfs):
     done = pycontain.run(["/bin/true"], layers=[rootfs], limits={})
     assert done.cpu_time is not None

@@ -375,8 +375,10 @@ def test_an_error_record_without_its_nul_is_cut_at_the_record(rootfs):
 
 def _spawn_raw(rootfs: str, **hooks):
     """_core.spawn with a minimal request (Python's checks and translation bypassed)."""
-    from pycontain import _callbacks
+    from pycontain import _callbacks, _userns
 
+    rootless = not _userns.caller_has_sys_admin()
+    uid_map, gid_map = _userns.maps() if rootless else (None, None)
     layer_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _, pidfd, mntns = _core.spawn(
@@ -391,7 +393,10 @@ def _spawn_raw(rootfs: str, **hooks):
             work_path=None,
             work_fd=-1,
             scratch_dir=pycontain._spawn.scratch_dir(),
-            namespaces=_core.DEFAULT_NAMESPACES,
+            # In rootless mode, a user namespace with its maps, as _spawn adds.
+            namespaces=_core.DEFAULT_NAMESPACES | (_core.CLONE_NEWUSER if rootless else 0),
+            uid_map=uid_map,
+            gid_map=gid_map,
             stdio=[-1, -1, -1],
             pass_fds=[],
             hostname=None,

@@ -13,6 +13,11 @@ from helpers import BB_ENV, TIMEOUT, fd_count, wait_until
 import pycontain
 from pycontain import PIPE
 
+pytestmark = pytest.mark.needs_root(
+    "the network namespace pool: a namespace made ahead of time needs CAP_SYS_ADMIN, and "
+    "rootless mode bypasses the pool (its sysfs needs a network namespace it owns)"
+)
+
 
 @pytest.fixture
 def pool():

@@ -146,19 +146,19 @@ def test_an_unprivileged_caller_gets_a_user_namespace_by_itself(shared, user_pyt
         box = pycontain.Container(layers=[root], writedir=writedir)
         done = box.run(["/bin/sh", "-c", "id -u; echo data > /made; mkdir /dir"],
                        env={"PATH": "/bin"}, capture_output=True, text=True)
-        print(json.dumps([os.geteuid(), box._plan.userns, done.returncode, done.stdout,
-                          done.stderr]))
+        print(json.dumps([os.geteuid(), os.getegid(), box._plan.userns, done.returncode,
+                          done.stdout, done.stderr]))
         """,
         os.path.join(shared, "root"),
         writedir,
     )
-    euid, userns, returncode, stdout, stderr = result
+    euid, egid, userns, returncode, stdout, stderr = result
     assert euid != 0 and userns is True
     assert (returncode, stdout) == (0, "0\n"), stderr
     # Root inside, the caller outside: what it wrote is the caller's.
     for name in ("made", "dir"):
         info = os.stat(os.path.join(writedir, name))
-        assert (info.st_uid, info.st_gid) == (euid, euid)
+        assert (info.st_uid, info.st_gid) == (euid, egid)
     assert workdir_siblings(writedir) == []  # overlayfs' mode-000 work dir removed too
 
 

@@ -9,7 +9,7 @@ import socket
 import warnings
 
 import pytest
-from helpers import BB_ENV, TIMEOUT
+from helpers import BB_ENV, NEEDS_OTHER_IDS, TIMEOUT
 
 import pycontain
 from pycontain import PIPE
@@ -129,6 +129,10 @@ def test_rlimit_is_enforced(rootfs):
     assert p.returncode != 0 and err
 
 
+@pytest.mark.needs_root(
+    "an rlimit the kernel refuses, met in the spawn: rootless mode refuses raising a hard "
+    "limit before spawning (tests/test_rootless.py)"
+)
 def test_rlimit_above_what_the_kernel_allows_fails_the_spawn(rootfs, no_leaks):
     with open("/proc/sys/fs/nr_open") as f:
         nr_open = int(f.read())
@@ -164,6 +168,7 @@ def test_bad_rlimits(rootfs, rlimits, error, no_leaks):
 # -- uid, gid, groups --------------------------------------------------------------------
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_uid_gid_groups(rootfs, legacy):
     out = out_of(
         rootfs, "id -u; id -g; id -G", uid=1000, gid=1001, groups=[5, 6], _force_legacy_clone=legacy
@@ -171,6 +176,7 @@ def test_uid_gid_groups(rootfs, legacy):
     assert out.split("\n") == ["1000", "1001", "1001 5 6", ""]
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_all_three_ids_are_set(rootfs):
     fields = status_fields(
         out_of(rootfs, "cat /proc/self/status", uid=1234, gid=4321, groups=[7, 8, 9])
@@ -180,6 +186,7 @@ def test_all_three_ids_are_set(rootfs):
     assert fields["Groups"] == ["7", "8", "9"]
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_uid_takes_away_root(rootfs):
     with pycontain.Process(
         ["/bin/sh", "-c", "touch /not-allowed"], layers=[rootfs], env=BB_ENV, uid=1000, stderr=PIPE
@@ -189,20 +196,24 @@ def test_uid_takes_away_root(rootfs):
     assert b"Permission denied" in err
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_uid_alone_keeps_gid(rootfs):
     assert out_of(rootfs, "id -u; id -g", uid=4242).split() == ["4242", "0"]
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_gid_alone_keeps_uid(rootfs):
     assert out_of(rootfs, "id -u; id -g", gid=4242).split() == ["0", "4242"]
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_empty_groups_drops_every_supplementary_group(rootfs):
     fields = status_fields(out_of(rootfs, "cat /proc/self/status", gid=50, groups=[]))
     assert fields["Groups"] == []
     assert out_of(rootfs, "id -G", gid=50, groups=[]) == "50\n"
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_many_groups(rootfs):
     groups = list(range(100, 400))
     fields = status_fields(out_of(rootfs, "cat /proc/self/status", groups=groups))
@@ -214,6 +225,7 @@ def test_uid_and_gid_minus_one_and_zero(rootfs):
     assert out_of(rootfs, "id -u; id -g", uid=0, gid=0).split() == ["0", "0"]
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_largest_uid(rootfs):
     assert out_of(rootfs, "id -u", uid=2**32 - 2) == f"{2**32 - 2}\n"
 
@@ -283,10 +295,12 @@ ALL_SCRIPT = "hostname; ulimit -n; ulimit -Hn; id -u; id -g; id -G; umask"
 ALL_OUT = ["allbox", "50", "60", "1000", "1001", "1001 3", "0077", ""]
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_all_settings_together(rootfs, legacy):
     assert out_of(rootfs, ALL_SCRIPT, _force_legacy_clone=legacy, **ALL).split("\n") == ALL_OUT
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_all_settings_on_the_fork_path(rootfs):
     # A timeout or a callback takes the fork path: same settings, same result.
     assert out_of(rootfs, ALL_SCRIPT, timeout=TIMEOUT, **ALL).split("\n") == ALL_OUT
@@ -295,6 +309,7 @@ def test_all_settings_on_the_fork_path(rootfs):
         assert out_of(rootfs, ALL_SCRIPT, pre_exec=lambda: None, **ALL).split("\n") == ALL_OUT
 
 
+@pytest.mark.needs_root(NEEDS_OTHER_IDS)
 def test_settings_are_applied_after_pre_exec(rootfs):
     def pre_exec():
         os.write(1, f"{os.getuid()} {len(os.listdir('/proc/self/fd'))}\n".encode())

@@ -1,11 +1,13 @@
 """Run an escape attempt against a throwaway root, never against the host's "/".
 
-``attempt(params)`` starts a subprocess that enters a private mount namespace,
-mounts a fresh tmpfs, binds into it what Python and pycontain need (read-only:
-/usr, /etc, the /lib directories, this checkout with its .venv; a few device
-nodes; a fresh /proc), binds the test's own directories at their usual paths,
-pivots into it, and only then runs the container described by ``params`` (see
-ATTEMPT below). If pycontain's confinement failed, what the container's set-up
+``attempt(params)`` starts a subprocess that enters a private mount namespace
+(as a user other than root, in a user namespace of its own, where the
+attempt's containers then run in rootless mode), mounts a fresh tmpfs, binds
+into it what Python and pycontain need (read-only: /usr, /etc, the /lib
+directories, this checkout with its .venv; a few device nodes; a fresh /proc,
+or the host's in a user namespace), binds the test's own directories at their
+usual paths, pivots into it, and only then runs the container described by
+``params`` (see ATTEMPT below). If pycontain's confinement failed, what the container's set-up
 wrote to "/" lands in that tmpfs, which vanishes with the subprocess; the
 subprocess reports which new names appeared there.
 """
@@ -44,8 +46,18 @@ for top in /usr /etc /bin /sbin /lib /lib32 /lib64 /libx32; do
 done
 mkdir proc dev mnt tmp
 chmod 1777 tmp
-mount -t proc proc proc
-for node in null zero random urandom; do
+if [ "$(id -u)" = 0 ] && [ -z "${THROWAWAY_IN_USERNS:-}" ]; then
+    mount -t proc proc proc
+else
+    # In a user namespace (a rootless run): no PID namespace of its own to
+    # mount a proc for, so the host's, with what is mounted below it; and
+    # the host's /sys, since the kernel lets a user namespace mount sysfs
+    # (the containers' rootless mode) only where one is fully visible.
+    mount --rbind /proc proc
+    mkdir sys
+    mount --rbind /sys sys
+fi
+for node in null zero full random urandom tty; do
     touch "dev/$node"
     mount --bind "/dev/$node" "dev/$node"
 done
@@ -82,12 +94,15 @@ from pycontain import _core, _spawn
 
 params = json.loads(sys.argv[1])
 _spawn._force_resolve_walk = params.get("walk", False)
+in_userns = os.environ.get("THROWAWAY_IN_USERNS") == "1"
 pycontain.set_netns_pool(0)
 watch = ["/", *params.get("watch", [])]
 before = {path: set(os.listdir(path)) for path in watch}
 result = {"ran": False, "error": None, "output": "", "pre_exec": None}
 kwargs = {}
 container = params.get("container", {})
+if in_userns:
+    container.setdefault("userns", True)  # rootless mode, as for the user outside
 for key in ("binds", "tmpfs"):  # JSON made the tuples lists
     if key in container:
         container[key] = [tuple(item) for item in container[key]]
@@ -179,9 +194,16 @@ def attempt(
     }
     if "PYTHONPATH" in os.environ:  # e.g. to run these tests against another build
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    # As any other user, the throwaway root is built in a user namespace of
+    # its own, in which this user is root; the attempt's containers then run
+    # in rootless mode (userns=True: a user namespace inside that one).
+    rootless = os.geteuid() != 0
+    if rootless:
+        env["THROWAWAY_IN_USERNS"] = "1"
     completed = subprocess.run(
         [
             "unshare",
+            *(["--user", "--map-root-user"] if rootless else []),
             "--mount",
             "--propagation",
             "private",
