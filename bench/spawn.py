@@ -52,6 +52,15 @@ Candidates, each timed as the wall time of spawn + wait of busybox ``true``:
    capability dropping, no ``no_new_privs``, no seccomp filter, so the
    difference to the default is what that confinement costs per spawn
    (docs/security.md). Shown when pycontain has these settings.
+9. ``pycontain, userns=True``: rootless mode's kernel path taken by root: a
+   user namespace in the clone, its maps written by the child, overlayfs
+   with ``userxattr``, ``/dev``'s nodes bound from the host, and no network
+   namespace pool (each container makes its own, as ``netns_pool=False``).
+10. ``pycontain, rootless (uid 65534)``: the same, as a user without any
+   privilege: a worker process dropped with setpriv to uid 65534, where
+   ``userns=None`` picks rootless mode, driven one spawn at a time over a
+   pipe so that its spawns interleave with the others'; each spawn is timed
+   in the worker (the pipe's round trip is not counted).
 
 Phases:
 
@@ -215,6 +224,9 @@ class Candidate:
     verify: Callable[[], str | None]  # None when a run succeeds, else the error
     samples: list[float] = field(default_factory=list)  # seconds
     failures: int = 0
+    # For a spawn timed in another process (the rootless worker): the time
+    # that process measured for the last spawn, instead of the round trip.
+    reported: Callable[[], float] | None = None
 
 
 @dataclass
@@ -282,6 +294,87 @@ def container_candidate(pycontain: ModuleType, name: str, root: Path) -> Candida
     return Candidate(name, command, spawn, verify_spawn(spawn))
 
 
+# A worker timing pycontain spawns as an unprivileged uid (rootless mode),
+# driven one spawn at a time over its stdin/stdout by the main process, so
+# that its spawns interleave with the others'. It times each spawn itself:
+# the pipe's round trip is not the spawn's.
+ROOTLESS_WORKER = r"""
+import sys, time
+import pycontain
+layers, env = [sys.argv[1]], {"PATH": "/bin"}
+for line in sys.stdin:
+    start = time.perf_counter()
+    try:
+        code = pycontain.Process(["/bin/true"], layers=layers, env=env).wait()
+    except Exception as error:
+        code = f"{type(error).__name__}: {error}".replace("\n", " ")
+    print(code, time.perf_counter() - start, flush=True)
+"""
+ROOTLESS_UID = 65534  # nobody
+
+
+def rootless_candidate(pycontain: ModuleType, root: Path) -> Candidate | Unavailable:
+    """pycontain as an unprivileged uid: a worker under setpriv (see ROOTLESS_WORKER)."""
+    name = f"pycontain, rootless (uid {ROOTLESS_UID})"
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return Unavailable(name, "setpriv not found (Debian package: util-linux)")
+    # This interpreter may live where the uid cannot go (pyenv under /root);
+    # the system's, of the same version, loads the same extension.
+    python = sys.executable
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if (
+        os.path.exists("/usr/bin/python3")
+        and command_output(
+            ["/usr/bin/python3", "-c", "import sys; print(*sys.version_info[:2], sep='.')"]
+        ).strip()
+        == version
+    ):
+        python = "/usr/bin/python3"
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(pycontain.__file__)))
+    worker = subprocess.Popen(
+        [
+            setpriv,
+            f"--reuid={ROOTLESS_UID}",
+            f"--regid={ROOTLESS_UID}",
+            "--clear-groups",
+            "env",
+            "HOME=/",
+            f"PYTHONPATH={package_root}",
+            python,
+            "-c",
+            ROOTLESS_WORKER,
+            str(root),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        cwd="/",
+    )
+    assert worker.stdin is not None and worker.stdout is not None
+    stdin, stdout = worker.stdin, worker.stdout
+    last = [0.0, ""]
+
+    def spawn() -> int:
+        stdin.write("spawn\n")
+        answer = stdout.readline().split(" ")
+        if len(answer) < 2:
+            last[1] = "the worker ended"
+            return 1
+        last[0], last[1] = float(answer[-1]), " ".join(answer[:-1])
+        return 0 if last[1] == "0" else 1
+
+    def verify() -> str | None:
+        return None if spawn() == 0 else str(last[1])
+
+    command = (
+        f"pycontain.Process(['/bin/true'], layers=[ROOT], ...).wait() as uid {ROOTLESS_UID} "
+        "(setpriv; userns=None picks a user namespace), timed in that process"
+    )
+    return Candidate(name, command, spawn, verify, reported=lambda: float(last[0]))
+
+
 def measure_preparation(pycontain: ModuleType, root: Path, rounds: int) -> None:
     """What a Container saves per spawn: the Python-side preparation alone.
 
@@ -347,6 +440,10 @@ def extra_pycontain_options(
         variants.append(("pycontain, limits={}", {"limits": {}}))
     if "privileged" in parameters:
         variants.append(("pycontain, unconfined", {"privileged": True, "seccomp": None}))
+    if "userns" in parameters:
+        # The kernel path of rootless mode (user namespace, its maps, userxattr,
+        # /dev bound from the host, no netns pool), taken by root.
+        variants.append(("pycontain, userns=True", {"userns": True}))
     return variants, ""
 
 
@@ -386,6 +483,12 @@ def make_candidates(
         candidates.append(pycontain_candidate(pycontain, name, root, extra))
     if not variants:
         unavailable.append(Unavailable("pycontain, netns pool off", reason))
+    if "userns" in inspect.signature(pycontain.Process).parameters:
+        rootless = rootless_candidate(pycontain, root)
+        if isinstance(rootless, Candidate):
+            candidates.append(rootless)
+        else:
+            unavailable.append(rootless)
     return candidates, unavailable
 
 
@@ -419,6 +522,8 @@ def measure_latency(
                 start = time.perf_counter()
                 code = candidate.spawn()
                 elapsed = time.perf_counter() - start
+                if candidate.reported is not None:
+                    elapsed = candidate.reported()
                 if code != 0:
                     candidate.failures += 1
                 if round_index >= warmup:
@@ -943,6 +1048,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_machine_info(pycontain, bwrap, bwrap_mode)
 
     with tempfile.TemporaryDirectory(prefix="pycontain-bench-") as scratch:
+        os.chmod(scratch, 0o755)  # the rootless worker's uid reads the rootfs too
         root = build_rootfs(Path(scratch))
         candidates, unavailable = make_candidates(pycontain, root, bwrap, bwrap_overlay)
         candidates = verify_candidates(candidates, unavailable)
