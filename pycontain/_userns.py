@@ -206,5 +206,10 @@ def clone_refusal(err: int) -> str | None:
         )
     if err in (errno.EPERM, errno.EACCES):
         reason = refusal(caller_has_sys_admin())
-        return f"{os.strerror(err)} ({reason or 'the kernel refused a new user namespace'})"
+        reason = reason or (
+            "the kernel refused a new user namespace: a security module (AppArmor, SELinux), "
+            "a seccomp policy around this process, or a chroot can forbid it; `pycontain "
+            "doctor` shows the settings it can see"
+        )
+        return f"{os.strerror(err)} ({reason})"
     return None

@@ -455,3 +455,19 @@ def test_clones_refusal_is_named(shared, user_python, tmp_path):
     assert (err, step) == (errno.ENOSPC, "clone")
     assert "user.max_user_namespaces" in message and "sysctl -w" in message
     assert leaked_fds == 0
+
+
+def test_clones_eperm_names_the_setting_that_forbids_it(tmp_path, monkeypatch):
+    """The words for a clone that a setting refused after the early check (a
+    sysctl changed meanwhile, say), against a copy of the settings."""
+    copy = tmp_path / "sys"
+    (copy / "kernel").mkdir(parents=True)
+    (copy / "kernel" / "unprivileged_userns_clone").write_text("0\n")
+    monkeypatch.setattr(_userns, "_proc_sys", str(copy))
+    monkeypatch.setattr(_userns, "caller_has_sys_admin", lambda: False)
+    message = _userns.clone_refusal(errno.EPERM)
+    assert message.startswith(os.strerror(errno.EPERM))
+    assert "sysctl -w kernel.unprivileged_userns_clone=1" in message
+    (copy / "kernel" / "unprivileged_userns_clone").write_text("1\n")
+    assert "security module" in _userns.clone_refusal(errno.EPERM)
+    assert _userns.clone_refusal(errno.EINVAL) is None
