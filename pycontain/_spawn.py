@@ -786,6 +786,11 @@ def _translate(prepared: Prepared, step: str, err: int, detail: bytes) -> Except
         strerror = f"{os.strerror(err)} (the kernel refused the seccomp filter as a BPF program)"
     elif step == "clone" and prepared.plan.userns:
         strerror = _userns.clone_refusal(err)
+    elif step == "userns-map":
+        strerror = (
+            f"{os.strerror(err)} (writing the container's user namespace's id map, which maps "
+            "your own uid and gid to 0: README, 'Rootless')"
+        )
     elif step == "clone" and err in (errno.EPERM, errno.EACCES):
         strerror = (
             f"{os.strerror(err)} (creating namespaces needs root with CAP_SYS_ADMIN, or a "

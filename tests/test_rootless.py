@@ -471,3 +471,12 @@ def test_clones_eperm_names_the_setting_that_forbids_it(tmp_path, monkeypatch):
     (copy / "kernel" / "unprivileged_userns_clone").write_text("1\n")
     assert "security module" in _userns.clone_refusal(errno.EPERM)
     assert _userns.clone_refusal(errno.EINVAL) is None
+
+
+def test_a_map_the_kernel_refuses_is_a_precise_spawn_error(rootfs, monkeypatch, no_leaks):
+    monkeypatch.setattr(_userns, "maps", lambda: (b"0 nobody 1", b"0 nobody 1"))
+    with pytest.raises(pycontain.SpawnError) as caught:
+        pycontain.Process(["/bin/true"], layers=[rootfs], userns=True)
+    assert (caught.value.step, caught.value.errno) == ("userns-map", errno.EINVAL)
+    assert caught.value.filename == "/proc/self/uid_map"
+    assert "id map" in str(caught.value)
