@@ -22,6 +22,7 @@ forbid user namespaces, each named with the command that changes it.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import resource
@@ -47,9 +48,12 @@ _proc_sys = "/proc/sys"
 _kernel_release: str | None = None
 
 
+@functools.cache
 def caller_has_sys_admin() -> bool:
     """Whether this process's *effective* set has CAP_SYS_ADMIN (what the kernel
-    asks for to make namespaces; a root process may have dropped it)."""
+    asks for to make namespaces; a root process may have dropped it). Read
+    once, as _privileges.caller_capabilities: if it changes later, the clone
+    says so."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -162,11 +166,27 @@ def _release() -> tuple[int, int]:
         return (0, 0)
 
 
+# Where refusal() found nothing to refuse: not asked again (each Container
+# would read four files). A setting changed later is named by the clone's
+# refusal (clone_refusal).
+_allowed: set[tuple[bool, str, str | None]] = set()
+
+
 def refusal(privileged_caller: bool) -> str | None:
     """Why this system will not let this process run a container in a user
     namespace (a sentence naming the setting and the command that changes
     it), or None. ``privileged_caller``: this process has CAP_SYS_ADMIN
     (then only user.max_user_namespaces and the kernel version count)."""
+    key = (privileged_caller, _proc_sys, _kernel_release)
+    if key in _allowed:
+        return None
+    reason = _refusal(privileged_caller)
+    if reason is None:
+        _allowed.add(key)
+    return reason
+
+
+def _refusal(privileged_caller: bool) -> str | None:
     if _read("user/max_user_namespaces") == "0":
         return (
             "user namespaces are disabled on this system (user.max_user_namespaces = 0); "
@@ -205,7 +225,7 @@ def clone_refusal(err: int) -> str | None:
             "sysctl -w user.max_user_namespaces=15000)"
         )
     if err in (errno.EPERM, errno.EACCES):
-        reason = refusal(caller_has_sys_admin())
+        reason = _refusal(caller_has_sys_admin())  # afresh: the setting may have changed
         reason = reason or (
             "the kernel refused a new user namespace: a security module (AppArmor, SELinux), "
             "a seccomp policy around this process, or a chroot can forbid it; `pycontain "
