@@ -62,6 +62,23 @@ struct pc_message {
     struct pc_error error;
 };
 
+/* A warm pool entry's request (pycontain/_pool.py to init/waiting.c): one
+ * SOCK_SEQPACKET message, this header then the strings, each NUL-terminated:
+ * argc argv items, envc environment items, pathc candidate paths, and the
+ * cwd when has_cwd. The fds (SCM_RIGHTS, in order) go to targets[i] in the
+ * program. Python packs the same layout (_pool.py's _HEADER). */
+#define PC_WARM_MAGIC    0x70637731U /* "pcw1" */
+#define PC_WARM_MAX_FDS  250         /* below the kernel's SCM_MAX_FD (253) */
+#define PC_WARM_MAX_SIZE (128 * 1024)
+struct pc_warm_request {
+    uint32_t magic;
+    uint32_t argc, envc, pathc;
+    uint32_t has_cwd;
+    uint32_t fd_count;
+    uint64_t signal_mask; /* the caller's, for the program */
+    int32_t targets[PC_WARM_MAX_FDS];
+};
+
 /* Write a message without error fields (async-signal-safe); returns 0 or
  * -1 (errno). pc_send_fd attaches `passed_fd` (SCM_RIGHTS) on a socket. */
 int pc_send(int fd, enum pc_message_kind kind, int value);
