@@ -64,7 +64,8 @@ enum pc_step {
     PC_STEP_CAPABILITIES,    /* bounding, permitted, effective, ambient sets */
     PC_STEP_NO_NEW_PRIVS,
     PC_STEP_SECCOMP,
-    PC_STEP_INIT, /* exec'ing the init, or the init starting the program */
+    PC_STEP_INIT,     /* exec'ing the init, or the init starting the program */
+    PC_STEP_PRIORITY, /* setting the niceness (priority.c) */
     PC_STEP_COUNT
 };
 

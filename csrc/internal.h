@@ -22,6 +22,7 @@
  *   lifecycle.c child side: exec of the init (init/init.c)
  *   overlay.c  parent side: the overlayfs mount options
  *   upper.c    child side: the throwaway upper directory's fd, to the parent
+ *   priority.c child side: the niceness a pool's entry is made with, undone
  *   error.c    error records (convention in error.h)
  */
 #ifndef PYCONTAIN_INTERNAL_H
@@ -269,6 +270,9 @@ int pc_kernelfs_protect_sys(const struct pc_root *root, int sys_fd, struct pc_er
  * upper directory over request->upper_socket, when there is one. */
 int pc_upper_share(const struct pc_spawn_request *request, const struct pc_root *root,
                    struct pc_error *err);
+
+/* priority.c (child side, async-signal-safe) */
+int pc_priority_restore(const struct pc_spawn_request *request, struct pc_error *err);
 
 /* binds.c (child side, async-signal-safe) */
 int pc_binds_open_sources(const struct pc_spawn_request *request, struct pc_error *err);

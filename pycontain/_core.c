@@ -521,7 +521,7 @@ PyDoc_STRVAR(spawn_doc,
              "      tmpfs=None, force_resolve_walk=False,\n"
              "      privileged=False, capabilities=0, last_capability=CAP_LAST_CAP,\n"
              "      seccomp=None, new_session=True, upper_socket=-1, main=None, init_fd=-1,\n"
-             "      init_argv=None, init_keep_fds=(), stay_in_caller_group=False)\n"
+             "      init_argv=None, init_keep_fds=(), stay_in_caller_group=False, nice=None)\n"
              "      -> (pid, pidfd, mntns)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
@@ -540,7 +540,9 @@ PyDoc_STRVAR(spawn_doc,
              "upper_socket: an AF_UNIX datagram socket the child sends an fd of the\n"
              "throwaway upper directory over (csrc/upper.c), or -1.\n"
              "main (a callable) runs instead of the exec, as the program (pycontain.call).\n"
-             "init_fd >= 0: exec that init with init_argv as the last step (csrc/init/).");
+             "init_fd >= 0: exec that init with init_argv as the last step (csrc/init/).\n"
+             "nice: None, or the niceness the child sets before it drops its\n"
+             "capabilities (csrc/priority.c).");
 
 static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -591,6 +593,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "init_argv",
                                "init_keep_fds",
                                "stay_in_caller_group",
+                               "nice",
                                NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd_object, *layer_path_list, *rlimit_list;
     PyObject *group_list, *layer_fd_list, *stdio_list, *pass_fd_list, *result = NULL;
@@ -603,7 +606,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     PyObject *main_hook = Py_None;
     int upper_socket = -1;
     int init_fd = -1, stay_in_caller_group = 0;
-    PyObject *init_argv_list = Py_None, *init_keep_list = NULL;
+    PyObject *init_argv_list = Py_None, *init_keep_list = NULL, *nice = Py_None;
     struct string_array init_argv = {0};
     struct int_array init_keep_fds = {0};
     unsigned long long scratch_size = 0, dev_size = 0, dev_inodes = 0, shm_size = 0;
@@ -629,7 +632,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     struct pc_error err;
 
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOOOiOiOkOOOOOLLi|pOOOOipiOKKKKOOppKiOpiOiOOp", keywords, &argv_list,
+            args, kwargs, "OOOOOOOiOiOkOOOOOLLi|pOOOOipiOKKKKOOppKiOpiOiOOpO", keywords, &argv_list,
             &envp_list, &exec_list, &cwd_object, &layer_path_list, &layer_fd_list,
             &upper_path_object, &upper_fd, &work_path_object, &work_fd, &scratch_object,
             &namespaces, &stdio_list, &pass_fd_list, &hostname_object, &rlimit_list, &group_list,
@@ -638,7 +641,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
             &scratch_size, &dev_size, &dev_inodes, &shm_size, &bind_list, &tmpfs_list,
             &force_resolve_walk, &privileged, &capabilities, &last_capability, &seccomp,
             &new_session, &upper_socket, &main_hook, &init_fd, &init_argv_list, &init_keep_list,
-            &stay_in_caller_group))
+            &stay_in_caller_group, &nice))
         return NULL;
     if (convert_string_array(argv_list, &argv, "argv") < 0 ||
         convert_string_array(envp_list, &envp, "envp") < 0 ||
@@ -767,6 +770,18 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     request.last_capability = last_capability;
     request.new_session = new_session;
     request.stay_in_caller_group = stay_in_caller_group;
+    if (nice != Py_None) {
+        long value = PyLong_AsLong(nice);
+
+        if (value == -1 && PyErr_Occurred())
+            goto done;
+        if (value < -20 || value > 19) {
+            PyErr_SetString(PyExc_ValueError, "nice must be from -20 to 19");
+            goto done;
+        }
+        request.set_nice = 1;
+        request.nice = (int)value;
+    }
     request.init_fd = init_fd;
     request.init_argv = init_argv.items;
     request.init_keep_fds = init_keep_fds.items;

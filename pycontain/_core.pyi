@@ -63,6 +63,7 @@ def spawn(
     init_argv: list[bytes] | None = ...,
     init_keep_fds: list[int] = ...,
     stay_in_caller_group: bool = ...,
+    nice: int | None = ...,
     new_session: bool = ...,
     main: Callable[[], object] | None = ...,
 ) -> tuple[int, int, int]: ...

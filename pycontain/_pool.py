@@ -19,6 +19,8 @@ ready a spawn takes the cold path at once rather than waiting. See README,
 from __future__ import annotations
 
 import array
+import errno
+import math
 import os
 import resource
 import select
@@ -42,6 +44,7 @@ from ._container import (
     ProgramSettings,
     RunProgramSettings,
 )
+from ._errors import TimeoutExpired
 from ._io import Stream
 from ._spawn import Env, StrOrBytesPath
 
@@ -62,14 +65,18 @@ _MAX_SIZE = 128 * 1024
 _HEADER = struct.Struct("=6IQ")
 _HEADER_SIZE = _HEADER.size + 4 * _MAX_FDS
 
-# The refill thread's niceness: below the callers', so that a sustained
-# load is served first; the program's own priority is the caller's again
-# (Pool._send sets the entry's init to the caller's before it forks).
+# How much nicer than the pool's maker the refill thread runs, so that a
+# sustained load is served first; each entry's child sets its niceness back
+# before it drops its capabilities (csrc/priority.c), so the program runs at
+# the pool maker's.
 _REFILL_NICE = 10
 # After a failed refill (a layer removed, say), wait this long before the next try.
 _RETRY_SECONDS = 1.0
 
 _pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+# Entry ends of request sockets while their entry is being made (_make_entry).
+_in_flight: set[int] = set()
+_in_flight_guard = threading.Lock()
 
 
 class _Entry:
@@ -218,6 +225,8 @@ class Pool:
         # The error of the last failed refill (entries could not be made).
         self.refill_error: BaseException | None = None
         self._nofile = _nofile_limit(container)
+        # The programs' niceness: this thread's (PRIO_PROCESS 0: the calling thread).
+        self._nice = os.getpriority(os.PRIO_PROCESS, 0)
         self._reset()
         self._closed = False
         _pools.add(self)
@@ -306,14 +315,22 @@ class Pool:
         stdio: Sequence[int],
         pass_fds: tuple[int, ...],
         timeout: float | None,
+        *,
+        callbacks: bool,
     ) -> _Entry | None:
         """Start the program in a ready entry (Process._start); None: take the cold path.
+
+        ``callbacks`` (pre_exec, or pycontain.call's function) always take
+        the cold path: they run Python code in the container's process.
 
         Raises what a cold spawn raises for the same program (the exec's
         errors, a bad cwd) and TimeoutExpired after ``timeout``.
         """
         if self._closed:
             raise ValueError("spawn on a closed Pool")
+        if callbacks:
+            self.cold_spawns += 1
+            return None
         prepared = _spawn.prepare_program(
             self.container._plan, args, executable=executable, cwd=cwd, env=env
         )
@@ -332,7 +349,7 @@ class Pool:
                 break
             self._discard(entry)  # died while it waited: the next one
         try:
-            failed = _lifecycle.await_program(entry.status_fd, entry.pidfd, deadline, args, timeout)
+            failed = _await_exec(entry, deadline, args, timeout)
         except BaseException:
             entry.discard()
             raise
@@ -358,11 +375,11 @@ class Pool:
             return None
 
     def _send(self, entry: _Entry, payload: bytes, fds: list[int]) -> bool:
-        """The request, to an entry that still waits; False if it does not."""
+        """The request, to an entry that still waits; False if it does not.
+
+        The socket stays open: its end is the program's exec (_await_exec)."""
         assert entry.request is not None
         try:
-            # Made at the refill thread's lower priority: the program gets the caller's.
-            os.setpriority(os.PRIO_PROCESS, entry.pid, os.getpriority(os.PRIO_PROCESS, 0))
             if fds:
                 entry.request.sendmsg(
                     [payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
@@ -370,9 +387,8 @@ class Pool:
             else:
                 entry.request.send(payload)
         except OSError:
-            return False
-        finally:
             entry.close_request()
+            return False
         return True
 
     def _discard(self, entry: _Entry) -> None:
@@ -390,8 +406,12 @@ class Pool:
             self._thread.start()
 
     def _refill(self) -> None:
+        # This thread only (PRIO_PROCESS of a thread id); each entry's child
+        # sets its niceness back to the pool maker's (csrc/priority.c).
+        nice = None
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _REFILL_NICE)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice + _REFILL_NICE)
+            nice = self._nice
         except OSError:
             pass
         retry_at = 0.0
@@ -412,7 +432,7 @@ class Pool:
             if discarded:
                 continue
             try:
-                entry = self._make_entry()
+                entry = self._make_entry(nice)
             except Exception as error:  # kept for fill(); cold spawns raise it themselves
                 self.refill_error = error
                 retry_at = time.monotonic() + _RETRY_SECONDS
@@ -437,19 +457,25 @@ class Pool:
         while self.max_age is not None and self._ready and now - self._ready[0].born > self.max_age:
             self._discarded.append(self._ready.popleft())
 
-    def _make_entry(self) -> _Entry:
+    def _make_entry(self, nice: int | None) -> _Entry:
         container = self.container
         plan = container._plan
         prepared = _spawn.prepare(plan, [_lifecycle.INIT_NAME], executable=None, cwd=None, env={})
         cgroup = None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs_socket = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # The entry's end must have no copy but the init's: its last copy's
+        # close is how a spawn sees the program's exec (_await_exec). A fork
+        # of this process meanwhile would keep one: at-fork closes it there.
+        theirs = theirs_socket.detach()
+        with _in_flight_guard:
+            _in_flight.add(theirs)
         try:
             if container.netns_pool:
                 _netns.ensure_pool()
             if plan.limits is not None:
                 cgroup = _cgroup.create(plan.limits)
             pid, pidfd, mntns, status_fd = _spawn.spawn(
-                prepared, cgroup=cgroup, request_fd=theirs.fileno()
+                prepared, cgroup=cgroup, request_fd=theirs, nice=nice
             )
         except BaseException:
             ours.close()
@@ -458,7 +484,9 @@ class Pool:
             prepared.release()
             raise
         finally:
-            theirs.close()
+            with _in_flight_guard:
+                _in_flight.discard(theirs)
+            os.close(theirs)
         if cgroup is not None:
             cgroup.close_fds()
         prepared.close_fds()
@@ -551,7 +579,50 @@ class Pool:
         return f"<pycontain.Pool size={self.size} {state} {self.container!r}>"
 
 
+def _await_exec(
+    entry: _Entry, deadline: float | None, args: object, timeout: float | None
+) -> tuple[str, int, bytes] | None:
+    """Wait for the program's exec: None once it runs, or the failed (step, errno, detail).
+
+    The program's process holds the last copy of the entry's end of the
+    request socket, close-on-exec (csrc/init/init.c, start_requested_program):
+    the socket's end is the exec, an error record before it a failure. This
+    wakes us straight from the program's exec, not through the init. Raises
+    TimeoutExpired after ``deadline``.
+    """
+    assert entry.request is not None
+    fd = entry.request.fileno()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        while True:
+            milliseconds = -1
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutExpired(args, timeout)  # type: ignore[arg-type]
+                milliseconds = min(math.ceil(left * 1000), 2**31 - 1)
+            if not poller.poll(milliseconds):
+                continue
+            message = _core.read_message(fd)
+            if message is None:
+                continue
+            kind, _, step, err, detail, _ = message
+            if kind == 0:
+                return None
+            if kind == _core.MESSAGE_ERROR:
+                return step, err, detail
+            return "init", errno.EPROTO, b""
+    finally:
+        entry.close_request()
+
+
 def _after_fork_in_child() -> None:
+    global _in_flight_guard
+    for fd in _in_flight:
+        os.close(fd)
+    _in_flight.clear()
+    _in_flight_guard = threading.Lock()
     for pool in list(_pools):
         pool._after_fork()
 

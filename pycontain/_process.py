@@ -203,11 +203,18 @@ class Process:
         # EBADF now, before opening the layers could give the number to one
         # of pycontain's own fds.
         streams = _io.open_streams(stdin, stdout, stderr)
-        if _pool is not None and pre_exec is None and _main is None:
+        if _pool is not None:
             # A warm entry: everything but the program is made already.
             try:
                 entry = _pool._start_program(
-                    args, executable, cwd, env, streams.child, passed, timeout
+                    args,
+                    executable,
+                    cwd,
+                    env,
+                    streams.child,
+                    passed,
+                    timeout,
+                    callbacks=pre_exec is not None or _main is not None,
                 )
             except BaseException:
                 streams.close_all()

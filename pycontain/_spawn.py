@@ -558,6 +558,7 @@ def spawn(
     trace: Any = None,
     cgroup: Cgroup | None = None,
     request_fd: int = -1,
+    nice: int | None = None,
 ) -> tuple[int, int, int, int]:
     """Start the container; returns (pid, pidfd, mntns, status_fd) or raises SpawnError.
 
@@ -578,7 +579,9 @@ def spawn(
     TimeoutExpired. ``cgroup`` (from _cgroup.create) is where the container
     starts. ``request_fd`` >= 0 makes a warm pool entry (pycontain/_pool.py):
     its init waits for a request on that socket instead of starting the
-    prepared program, and this returns as soon as the init runs.
+    prepared program, and this returns as soon as the init runs. ``nice``:
+    the niceness the child sets before it drops its capabilities (a pool's
+    refill thread runs at a lower one).
     """
     plan = prepared.plan
     settings, mounts = plan.settings, plan.mounts
@@ -649,6 +652,7 @@ def spawn(
             init_argv=None if init is None else init.argv,
             init_keep_fds=[] if init is None else init.keep_fds,
             stay_in_caller_group=not plan.new_session,
+            nice=nice,
             **(hooks or {}),
         )
     except _core.StepError as failure:

@@ -206,8 +206,7 @@ struct exec_report {
  * telling the parent why it could not start. */
 static long start_program(int status_fd, uint64_t program_mask,
                           const struct kernel_sigaction *program_sigchld, char *const *paths,
-                          long count, char *const *argv, char *const *envp,
-                          const struct init_program *requested)
+                          long count, char *const *argv, char *const *envp)
 {
     struct exec_report *report;
     struct pc_error error;
@@ -236,9 +235,7 @@ static long start_program(int status_fd, uint64_t program_mask,
          * no handler). */
         sys4(SYS_rt_sigaction, SIGCHLD, program_sigchld, 0, SIGSET_SIZE);
         sys4(SYS_rt_sigprocmask, SIG_SETMASK, &program_mask, 0, SIGSET_SIZE);
-        /* A warm entry's program: its cwd and fds come with the request. */
-        if (requested == 0 || init_place_program(requested, &report->error) == 0)
-            exec_program(paths, count, argv, envp, &report->error);
+        exec_program(paths, count, argv, envp, &report->error);
         report->failed = 1;
         exit_now(127);
     }
@@ -252,6 +249,47 @@ static long start_program(int status_fd, uint64_t program_mask,
     sys2(SYS_munmap, report, sizeof *report);
     send_message(status_fd, PC_MESSAGE_EXEC_OK, 0, NULL);
     return pid;
+}
+
+/* A warm entry (waiting.c): fork the program's process now, before any
+ * request, so that a spawn costs neither this fork nor a wake-up of the
+ * init. That process waits for the request, then places the program's fds
+ * and execs it. The parent learns of the exec from it directly: the init
+ * closes its copy of the request socket right after this fork
+ * (close_other_fds), so the program's process holds the last one,
+ * close-on-exec, and the exec ends the socket (a failure first sends the
+ * error record on it). Returns the process's pid, or -1 after telling the
+ * parent why not. */
+static long fork_waiting_program(int status_fd, int request_fd, int owner_fd,
+                                 const struct kernel_sigaction *program_sigchld)
+{
+    struct init_program program;
+    struct pc_error error;
+    int malformed;
+    long pid = sys5(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+
+    if (pid < 0) {
+        pc_fail(&error, PC_STEP_INIT, (int)-pid, "fork");
+        send_message(status_fd, PC_MESSAGE_ERROR, 0, &error);
+        return -1;
+    }
+    if (pid != 0)
+        return pid;
+    /* Until a request comes, every signal stays blocked (the init forwards
+     * them here; they reach the program once its mask is set). Without a
+     * request (the owner died, the pool let the entry go), this process
+     * exits, and the init with it, as when a program ends. */
+    if (init_wait_for_request(request_fd, owner_fd, &program, &error, &malformed) < 0) {
+        if (malformed)
+            send_message(request_fd, PC_MESSAGE_ERROR, 0, &error);
+        exit_now(0);
+    }
+    sys4(SYS_rt_sigaction, SIGCHLD, program_sigchld, 0, SIGSET_SIZE);
+    sys4(SYS_rt_sigprocmask, SIG_SETMASK, &program.signal_mask, 0, SIGSET_SIZE);
+    if (init_place_program(&program, &error) == 0)
+        exec_program(program.paths, program.path_count, program.argv, program.envp, &error);
+    send_message(request_fd, PC_MESSAGE_ERROR, 0, &error);
+    exit_now(127);
 }
 
 /* Everything else in the container: as PID 1, kill(-1) reaches every
@@ -321,7 +359,6 @@ static __attribute__((noreturn)) void serve_without_signalfd(long program, int s
 __attribute__((noreturn, used)) void init_start(long *stack)
 {
     long argc = stack[0], status_fd, owner_fd, count, program, request_fd = -1;
-    struct init_program requested;
     char **argv = (char **)(stack + 1), **envp = argv + argc + 1;
     uint64_t all = ~0ULL, program_mask = 0, forwarded;
     struct kernel_sigaction default_action = {0}, program_sigchld;
@@ -353,9 +390,6 @@ __attribute__((noreturn, used)) void init_start(long *stack)
         sys3(SYS_fcntl, owner_fd, F_SETFD, FD_CLOEXEC);
 
     if (request_fd >= 0) {
-        struct pc_error error;
-        int malformed;
-
         sys3(SYS_fcntl, request_fd, F_SETFD, FD_CLOEXEC);
         /* Nothing of the process that made the entry (its stdio) stays
          * open while it waits. */
@@ -364,18 +398,11 @@ __attribute__((noreturn, used)) void init_start(long *stack)
         keep[2] = owner_fd >= 0 ? (int)owner_fd : (int)status_fd;
         sort(keep, 3);
         close_other_fds(keep, 3);
-        if (init_wait_for_request((int)request_fd, (int)owner_fd, &requested, &error, &malformed) <
-            0) {
-            if (malformed)
-                send_message((int)status_fd, PC_MESSAGE_ERROR, 0, &error);
-            exit_now(127);
-        }
-        program_mask = requested.signal_mask;
-        program = start_program((int)status_fd, program_mask, &program_sigchld, requested.paths,
-                                requested.path_count, requested.argv, requested.envp, &requested);
+        program =
+            fork_waiting_program((int)status_fd, (int)request_fd, (int)owner_fd, &program_sigchld);
     } else {
         program = start_program((int)status_fd, program_mask, &program_sigchld, argv + 4, count,
-                                argv + 4 + count, envp, 0);
+                                argv + 4 + count, envp);
     }
     if (program < 0)
         exit_now(127);
