@@ -70,6 +70,10 @@ _HEADER_SIZE = _HEADER.size + 4 * _MAX_FDS
 # before it drops its capabilities (csrc/priority.c), so the program runs at
 # the pool maker's.
 _REFILL_NICE = 10
+# A refill starts this long after the last spawn took an entry, not at once:
+# a burst is served without the refill's work competing with it, and a
+# lone spawn's program runs before the refill begins.
+_REFILL_DELAY = 0.005
 # After a failed refill (a layer removed, say), wait this long before the next try.
 _RETRY_SECONDS = 1.0
 
@@ -240,6 +244,7 @@ class Pool:
         self._ready: deque[_Entry] = deque()
         self._discarded: list[_Entry] = []
         self._thread: threading.Thread | None = None
+        self._last_take = 0.0
 
     # -- spawning ------------------------------------------------------------
 
@@ -369,8 +374,10 @@ class Pool:
                 if self.max_age is not None and time.monotonic() - entry.born > self.max_age:
                     self._discarded.append(entry)
                     continue
+                self._last_take = time.monotonic()
                 self._changed.notify()
                 return entry
+            self._last_take = time.monotonic()
             self._changed.notify()
             return None
 
@@ -417,13 +424,16 @@ class Pool:
         retry_at = 0.0
         while True:
             with self._lock:
-                while (
-                    not self._closed
-                    and not self._discarded
-                    and not (len(self._ready) < self.size and time.monotonic() >= retry_at)
-                ):
-                    self._changed.wait(self._next_wake(retry_at))
+                while True:
                     self._expire_locked()
+                    if self._closed or self._discarded:
+                        break
+                    # Not during a burst of spawns: after it.
+                    start_at = max(retry_at, self._last_take + _REFILL_DELAY)
+                    short = len(self._ready) < self.size
+                    if short and time.monotonic() >= start_at:
+                        break
+                    self._changed.wait(self._next_wake(start_at if short else 0.0))
                 if self._closed:
                     return
                 discarded, self._discarded = self._discarded, []
@@ -444,10 +454,10 @@ class Pool:
                 self._ready.append(entry)
                 self._changed.notify_all()
 
-    def _next_wake(self, retry_at: float) -> float | None:
+    def _next_wake(self, start_at: float) -> float | None:
         waits = []
-        if retry_at:
-            waits.append(retry_at - time.monotonic())
+        if start_at:
+            waits.append(start_at - time.monotonic())
         if self.max_age is not None and self._ready:
             waits.append(self._ready[0].born + self.max_age - time.monotonic())
         return max(0.0, min(waits)) + 0.001 if waits else None
