@@ -825,8 +825,12 @@ def settle(metrics: Sequence[Metric], baseline: Snapshot | None) -> tuple[Snapsh
     return seen, time.monotonic() - start
 
 
-def soak_loop(spawn: Spawn, spawns: int) -> tuple[int, dict[str, int], float]:
-    """Run ``spawn`` ``spawns`` times: (non-zero exits, exceptions by message, seconds)."""
+def soak_loop(
+    spawn: Spawn, spawns: int, after: Callable[[], object] | None = None
+) -> tuple[int, dict[str, int], float]:
+    """Run ``spawn`` ``spawns`` times: (non-zero exits, exceptions by message, seconds).
+
+    ``after`` runs after each spawn (a pool's refill, so that each spawn is warm)."""
     failures = 0
     errors: dict[str, int] = {}
     show_progress = sys.stderr.isatty()
@@ -838,6 +842,8 @@ def soak_loop(spawn: Spawn, spawns: int) -> tuple[int, dict[str, int], float]:
         except Exception as error:
             key = f"{type(error).__name__}: {error}"
             errors[key] = errors.get(key, 0) + 1
+        if after is not None:
+            after()
         if show_progress and (index + 1) % max(1, spawns // 20) == 0:
             print(f"\r  {index + 1}/{spawns}", end="", file=sys.stderr, flush=True)
     if show_progress:
@@ -866,7 +872,7 @@ def run_soak(
     try:
         metrics = soak_metrics(host_tmp)
         before, waited_before = settle(metrics, None)
-        failures, errors, elapsed = soak_loop(candidate.spawn, spawns)
+        failures, errors, elapsed = soak_loop(candidate.spawn, spawns, candidate.after)
         after, waited_after = settle(metrics, before)
         host_tmp_new = sorted(set(os.listdir(host_tmp)) - host_tmp_before)
     finally:

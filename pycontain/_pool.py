@@ -70,10 +70,13 @@ _HEADER_SIZE = _HEADER.size + 4 * _MAX_FDS
 # before it drops its capabilities (csrc/priority.c), so the program runs at
 # the pool maker's.
 _REFILL_NICE = 10
-# A refill starts this long after the last spawn took an entry, not at once:
-# a burst is served without the refill's work competing with it, and a
-# lone spawn's program runs before the refill begins.
-_REFILL_DELAY = 0.005
+# A refill starts once no spawn has asked for an entry for this long: a
+# burst is served without the refill's work competing with it, and under a
+# sustained load (spawns coming faster than this, the pool empty) the spawns
+# go cold without a refill competing for the CPUs and the GIL, so that the
+# pool does not make them slower than without it. bench/pool.py measured a
+# 5 ms delay as slower than cold in one run of two on a loaded VM.
+_REFILL_DELAY = 0.02
 # After a failed refill (a layer removed, say), wait this long before the next try.
 _RETRY_SECONDS = 1.0
 

@@ -174,8 +174,7 @@ _MAKE_FILES = (
 )
 def test_empty_files_are_bounded_by_the_size_too(rootfs, settings, directory, inodes):
     result = sh_out(
-        _MAKE_FILES.format(dir=directory, count=inodes + 50)
-        + f"; stat -f -c '%c' {directory}",
+        _MAKE_FILES.format(dir=directory, count=inodes + 50) + f"; stat -f -c '%c' {directory}",
         [rootfs],
         **settings,
     )

@@ -20,6 +20,10 @@ from helpers import BB_ENV, TIMEOUT, is_gone, proc_state, wait_until
 import pycontain
 from pycontain import _pool
 
+pytestmark = pytest.mark.needs_root(
+    "the pool makes its entries with the root-only spawn path; rootless mode is not supported"
+)
+
 
 def full_pool(rootfs, size=2, **settings) -> pycontain.Pool:
     pool = pycontain.Pool(layers=[rootfs], size=size, **settings)
@@ -437,3 +441,16 @@ def test_repr_and_request_limits(rootfs):
         assert pool.run(["/bin/true"], env=big, timeout=TIMEOUT).returncode == 0
         assert pool.cold_spawns == 1
     assert "closed" in repr(pool)
+
+
+def test_cwd_is_entered_as_the_containers_user(rootfs, tmp_path):
+    # A documented difference: a cold spawn enters cwd as root, before
+    # setuid; an entry's program enters it as the container's user.
+    (tmp_path / "secret").mkdir(mode=0o700)
+    box = pycontain.Container(layers=[str(tmp_path), rootfs], uid=1000)
+    assert box.run(["/bin/true"], cwd="/secret", env=BB_ENV, timeout=TIMEOUT).returncode == 0
+    with pycontain.Pool(box, size=1) as pool:
+        assert pool.fill(TIMEOUT)
+        with pytest.raises(PermissionError) as warm:
+            pool.run(["/bin/true"], cwd="/secret", env=BB_ENV, timeout=TIMEOUT)
+    assert (warm.value.step, warm.value.filename) == ("chdir", "/secret")  # type: ignore[attr-defined]
