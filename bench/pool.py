@@ -13,6 +13,8 @@ Imported by bench/spawn.py, which runs them after its own phases:
   looping spawn + wait through a pool of 4 (warm while entries last, cold
   when it is empty, refilled in the background), against the same loop on
   ``Container.spawn``, alternating.
+- ``measure_floor``: os.posix_spawn + os.waitpid of the same program, next
+  to subprocess.run: what running the program costs with next to no Python.
 - ``measure_idle_cost``: what a waiting entry holds: its processes, their
   RSS and PSS, its namespaces, this process's fds, and the kernel memory
   the machine's counters moved by (informational: machine-wide).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -192,4 +195,25 @@ def measure_idle_cost(pycontain: ModuleType, root: Path, size: int) -> None:
     for name in ("Slab", "KernelStack", "PageTables", "Shmem"):
         delta = (memory_after[name] - memory_before[name]) / size
         print(f"  /proc/meminfo {name:<14}  {delta:+8.0f} KiB per entry  (machine-wide, info only)")
+    print()
+
+
+def measure_floor(root: Path, rounds: int) -> None:
+    """What running the program costs with (next to) no Python: os.posix_spawn +
+    os.waitpid of the same busybox true, interleaved with subprocess.run. Any
+    path that runs the program pays at least this; it bounds how far below
+    subprocess.run a warm spawn can go."""
+    true = str(root / "bin" / "true")
+    run, bare = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        subprocess.run([true])
+        run.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        os.waitpid(os.posix_spawn(true, [true], {}), 0)
+        bare.append(time.perf_counter() - start)
+    run_ms, bare_ms = statistics.median(run) * 1e3, statistics.median(bare) * 1e3
+    print(f"== The program alone: busybox true ({rounds} rounds, interleaved, medians)")
+    print(f"  {'subprocess.run':<34} {run_ms:7.3f} ms")
+    print(f"  {'os.posix_spawn + os.waitpid':<34} {bare_ms:7.3f} ms  ({bare_ms / run_ms:.2f}x)")
     print()

@@ -997,6 +997,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pycontain, root, args.throughput_seconds, measure_throughput
             )
             pool_phases.measure_idle_cost(pycontain, root, 20)
+            pool_phases.measure_floor(root, max(100, args.rounds))
         if not args.soak:
             print("== Soak: skipped (--soak 0)")
             return 0

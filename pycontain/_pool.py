@@ -106,8 +106,10 @@ class _Entry:
         self.born = time.monotonic()
 
     def alive(self) -> bool:
-        """Whether the init still waits (a pidfd polls readable once it exited)."""
-        return not select.select([self.pidfd], [], [], 0)[0]
+        """Whether the init still runs (a pidfd polls readable once it exited)."""
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)
 
     def started(self) -> tuple[int, int, int, int, _cgroup.Cgroup | None, int]:
         """Hand (pid, pidfd, mntns, status_fd, cgroup, kept_upper) over to the Process."""
@@ -167,6 +169,13 @@ def check(container: Container) -> None:
         raise ValueError(
             "Pool refuses pre_pivot=: it runs Python code in a fork of this process while "
             "the root is built, which a background refill cannot do safely "
+            "(use Container.spawn)"
+        )
+    if os.geteuid() != 0:
+        # Rootless containers (a user namespace) are made otherwise; the
+        # pool's entries are made by the root spawn path only.
+        raise ValueError(
+            "Pool needs root: it does not support rootless containers (user namespaces) yet "
             "(use Container.spawn)"
         )
     if not container.init:
@@ -353,9 +362,11 @@ class Pool:
             if entry is None:
                 self.cold_spawns += 1
                 return None
-            if self._send(entry, payload, fds):
+            # One that died while it waited is skipped: its pidfd tells, or
+            # the send fails on the closed socket.
+            if entry.alive() and self._send(entry, payload, fds):
                 break
-            self._discard(entry)  # died while it waited: the next one
+            self._discard(entry)
         try:
             failed = _await_exec(entry, deadline, args, timeout)
         except BaseException:
@@ -514,12 +525,16 @@ class Pool:
         return len(self._ready) if self._pid == os.getpid() else 0
 
     def fill(self, timeout: float | None = None) -> bool:
-        """Wait until ``size`` entries are ready; False after ``timeout`` seconds."""
+        """Wait until ``size`` entries are ready; False after ``timeout`` seconds.
+
+        The refill starts at once (not after the usual pause since the last spawn)."""
         if self._pid != os.getpid():
             self._after_fork()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._start_refill_locked()
+            self._last_take = 0.0
+            self._changed.notify_all()
             while len(self._ready) < self.size and not self._closed:
                 if self.refill_error is not None and not self._ready:
                     raise self.refill_error

@@ -9,6 +9,7 @@ first and checks ``warm_spawns``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -331,8 +332,7 @@ def test_fork_with_a_pool_open(rootfs):
 
 OWNER = """
 import os, sys, time, pycontain
-die = sys.argv[2] == "1"
-pool = pycontain.Pool(layers=[sys.argv[1]], size=3, die_with_parent=die)
+pool = pycontain.Pool(layers=[sys.argv[1]], size=3, die_with_parent=sys.argv[2] == "1")
 assert pool.fill(30)
 # Two taken and refilled: entries made while the owner ran spawns, too.
 for _ in range(2):
@@ -347,27 +347,64 @@ def waiter(pid):  # the init forks it as it starts, maybe after fill() returned
         time.sleep(0.01)
 waiters = [waiter(pid) for pid in pids]
 print(" ".join(map(str, pids + waiters)), flush=True)
-sys.stdin.read()
+# Killed while entries wait and others are being made: refresh() replaces
+# them all, again and again.
+while True:
+    pool.refresh()
+    time.sleep(0.02)
+"""
+
+# A subreaper runs the owner, so that every process the owner leaves behind
+# (however it was made, even an entry the refill thread was making when the
+# owner died) becomes its child: it lists those that still run 1 s after it
+# killed the owner, then reaps them all.
+REAPER = """
+import ctypes, json, os, signal, subprocess, sys, time
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+owner = subprocess.Popen([sys.executable, "-c", sys.argv[1], *sys.argv[2:]],
+                         stdout=subprocess.PIPE, text=True)
+pids = owner.stdout.readline().split()
+time.sleep(0.5)
+owner.kill()
+owner.wait()
+time.sleep(1.0)
+def state(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+me = os.getpid()
+children = [int(c) for t in os.listdir(f"/proc/{me}/task")
+            for c in open(f"/proc/{me}/task/{t}/children").read().split()]
+running = [pid for pid in children if state(pid) not in (None, "Z")]
+waiting = [pid for pid in map(int, pids) if state(pid) not in (None, "Z")]
+for pid in running:
+    os.kill(pid, signal.SIGKILL)
+while True:
+    try:
+        os.waitpid(-1, 0)
+    except ChildProcessError:
+        break
+print(json.dumps([len(pids), len(children), running, waiting]), flush=True)
 """
 
 
 @pytest.mark.parametrize("die_with_parent", [True, False])
 def test_a_killed_owner_leaves_no_entry(rootfs, die_with_parent):
-    owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER, rootfs, "1" if die_with_parent else "0"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
+    done = subprocess.run(
+        [sys.executable, "-c", REAPER, OWNER, rootfs, "1" if die_with_parent else "0"],
+        capture_output=True,
         text=True,
+        timeout=TIMEOUT,
     )
-    assert owner.stdout is not None
-    pids = [int(pid) for pid in owner.stdout.readline().split()]
-    assert len(pids) == 6  # three inits, each with the process that waits for the request
-    assert all(proc_state(pid) not in (None, "Z") for pid in pids)
-    owner.kill()
-    owner.wait()
+    assert done.returncode == 0, done.stderr
+    listed, orphans, running, waiting = json.loads(done.stdout)
+    # Three entries (init and waiting process each), listed, and the orphans:
+    # the entries that waited or were being made when the owner died.
+    assert listed == 6 and orphans >= 1
     # die_with_parent: they watch the owner's pidfd; without it, the end of
     # the request socket (the owner's copy went with it) ends them as well.
-    assert wait_until(lambda: all(proc_state(pid) in (None, "Z") for pid in pids), timeout=1.0)
+    assert running == [] and waiting == [], done.stdout
 
 
 # -- what a pool refuses, and the other faces ---------------------------------------------
