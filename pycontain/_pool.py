@@ -77,6 +77,8 @@ _REFILL_NICE = 10
 # pool does not make them slower than without it. bench/pool.py measured a
 # 5 ms delay as slower than cold in one run of two on a loaded VM.
 _REFILL_DELAY = 0.02
+# The refill thread looks at least this often whether its pool was dropped.
+_IDLE_CHECK = 1.0
 # After a failed refill (a layer removed, say), wait this long before the next try.
 _RETRY_SECONDS = 1.0
 
@@ -421,52 +423,47 @@ class Pool:
 
     def _start_refill_locked(self) -> None:
         if self._thread is None and not self._closed:
+            # It holds the pool weakly while it waits, so that a pool dropped
+            # without close() is collected, and its __del__ closes it.
             self._thread = threading.Thread(
-                target=self._refill, name="pycontain-pool-refill", daemon=True
+                target=_refill, args=(weakref.ref(self),), name="pycontain-pool-refill", daemon=True
             )
             self._thread.start()
 
-    def _refill(self) -> None:
-        # This thread only (PRIO_PROCESS of a thread id); each entry's child
-        # sets its niceness back to the pool maker's (csrc/priority.c).
-        nice = None
+    def _lower_priority(self) -> int | None:
+        """This thread 10 nicer (PRIO_PROCESS of a thread id: this thread only);
+        the niceness each entry's child sets back (csrc/priority.c), or None."""
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice + _REFILL_NICE)
-            nice = self._nice
         except OSError:
-            pass
-        retry_at = 0.0
-        while True:
-            with self._lock:
-                while True:
-                    self._expire_locked()
-                    if self._closed or self._discarded:
-                        break
-                    # Not during a burst of spawns: after it.
-                    start_at = max(retry_at, self._last_take + _REFILL_DELAY)
-                    short = len(self._ready) < self.size
-                    if short and time.monotonic() >= start_at:
-                        break
-                    self._changed.wait(self._next_wake(start_at if short else 0.0))
-                if self._closed:
-                    return
-                discarded, self._discarded = self._discarded, []
-            for entry in discarded:
-                entry.discard()
-            if discarded:
-                continue
-            try:
-                entry = self._make_entry(nice)
-            except Exception as error:  # kept for fill(); cold spawns raise it themselves
-                self.refill_error = error
-                retry_at = time.monotonic() + _RETRY_SECONDS
-                continue
-            with self._lock:
-                if self._closed or self._pid != os.getpid():
-                    self._discarded.append(entry)
-                    return
-                self._ready.append(entry)
-                self._changed.notify_all()
+            return None
+        return self._nice
+
+    def _refill_next_locked(self, retry_at: float) -> str | float:
+        """What the refill thread does next: "stop", "discard", "make", or
+        wait that many seconds."""
+        self._expire_locked()
+        if self._closed or self._pid != os.getpid():
+            return "stop"
+        if self._discarded:
+            return "discard"
+        # Not during a burst of spawns: after it.
+        start_at = max(retry_at, self._last_take + _REFILL_DELAY)
+        short = len(self._ready) < self.size
+        if short and time.monotonic() >= start_at:
+            return "make"
+        wake = self._next_wake(start_at if short else 0.0)
+        return _IDLE_CHECK if wake is None else min(wake, _IDLE_CHECK)
+
+    def _add_entry(self, entry: _Entry) -> bool:
+        """A new entry, ready; False (and discarded) once the pool closed."""
+        with self._lock:
+            if self._closed or self._pid != os.getpid():
+                self._discarded.append(entry)
+                return False
+            self._ready.append(entry)
+            self._changed.notify_all()
+            return True
 
     def _next_wake(self, start_at: float) -> float | None:
         waits = []
@@ -643,6 +640,42 @@ def _await_exec(
             return "init", errno.EPROTO, b""
     finally:
         entry.close_request()
+
+
+def _refill(ref: weakref.ref[Pool]) -> None:
+    """The refill thread: keeps the pool's entries ready until it closes or is dropped."""
+    pool = ref()
+    if pool is None:
+        return
+    nice = pool._lower_priority()
+    changed = pool._changed
+    retry_at = 0.0
+    while True:
+        with changed:
+            todo = pool._refill_next_locked(retry_at)
+            if todo == "discard":
+                discarded, pool._discarded = pool._discarded, []
+            elif isinstance(todo, float):
+                del pool  # not held while it waits
+                changed.wait(todo)
+                pool = ref()
+                if pool is None:
+                    return
+                continue
+        if todo == "stop":
+            return
+        if todo == "discard":
+            for entry in discarded:
+                entry.discard()
+            continue
+        try:
+            entry = pool._make_entry(nice)
+        except Exception as error:  # kept for fill(); cold spawns raise it themselves
+            pool.refill_error = error
+            retry_at = time.monotonic() + _RETRY_SECONDS
+            continue
+        if not pool._add_entry(entry):
+            return
 
 
 def _after_fork_in_child() -> None:

@@ -9,6 +9,7 @@ first and checks ``warm_spawns``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -491,3 +492,16 @@ def test_cwd_is_entered_as_the_containers_user(rootfs, tmp_path):
         with pytest.raises(PermissionError) as warm:
             pool.run(["/bin/true"], cwd="/secret", env=BB_ENV, timeout=TIMEOUT)
     assert (warm.value.step, warm.value.filename) == ("chdir", "/secret")  # type: ignore[attr-defined]
+
+
+def test_a_dropped_pool_is_closed(rootfs, no_leaks):
+    # Its refill thread holds it weakly while it waits: a pool dropped
+    # without close() is collected, and closed (entries killed and reaped).
+    pool = full_pool(rootfs, size=2)
+    thread, waiting = pool._thread, waiting_pids(pool)
+    assert thread is not None
+    del pool
+    gc.collect()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive()
+    assert all(is_gone(pid) for pid in waiting)
