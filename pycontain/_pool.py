@@ -322,7 +322,7 @@ class Pool:
     ) -> _T:
         """``Container.call``: always cold. The function runs in a fork of this
         process made into the container, which a waiting entry cannot be."""
-        self.cold_spawns += 1
+        self._count(cold=True)
         return self.container.call(fn, *args, **program)
 
     def _start_program(
@@ -348,21 +348,21 @@ class Pool:
         if self._closed:
             raise ValueError("spawn on a closed Pool")
         if callbacks:
-            self.cold_spawns += 1
+            self._count(cold=True)
             return None
         prepared = _spawn.prepare_program(
             self.container._plan, args, executable=executable, cwd=cwd, env=env
         )
         request = _request(prepared, stdio, pass_fds, self._nofile)
         if request is None:
-            self.cold_spawns += 1
+            self._count(cold=True)
             return None
         payload, fds = request
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             entry = self._take()
             if entry is None:
-                self.cold_spawns += 1
+                self._count(cold=True)
                 return None
             # One that died while it waited is skipped: its pidfd tells, or
             # the send fails on the closed socket.
@@ -377,8 +377,15 @@ class Pool:
         if failed is not None:
             entry.discard()
             raise _spawn.program_failure(prepared, *failed) from None
-        self.warm_spawns += 1
+        self._count(cold=False)
         return entry
+
+    def _count(self, *, cold: bool) -> None:
+        with self._lock:  # exact under concurrent spawns
+            if cold:
+                self.cold_spawns += 1
+            else:
+                self.warm_spawns += 1
 
     def _take(self) -> _Entry | None:
         if self._pid != os.getpid():
