@@ -505,3 +505,24 @@ def test_a_dropped_pool_is_closed(rootfs, no_leaks):
     thread.join(TIMEOUT)
     assert not thread.is_alive()
     assert all(is_gone(pid) for pid in waiting)
+
+
+def test_spawns_from_several_threads(rootfs, no_leaks):
+    import threading
+
+    codes: list[int] = []
+    with pycontain.Pool(layers=[rootfs], size=3) as pool:
+
+        def worker(offset: int) -> None:
+            for i in range(40):
+                done = pool.run(["/bin/sh", "-c", f"exit {offset + i % 5}"], env=BB_ENV)
+                codes.append(done.returncode - offset - i % 5)
+
+        assert pool.fill(TIMEOUT)  # some warm, the rest as the refill keeps up
+        threads = [threading.Thread(target=worker, args=(offset,)) for offset in (0, 10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(TIMEOUT * 4)
+        assert pool.warm_spawns + pool.cold_spawns == 80 and pool.warm_spawns > 0
+    assert codes == [0] * 80
