@@ -398,10 +398,13 @@ class Pool:
                     self._discarded.append(entry)
                     continue
                 self._last_take = time.monotonic()
-                self._changed.notify()
+                if len(self._ready) == self.size - 1:
+                    # Was full: the refill thread may be in its long wait.
+                    # Otherwise it wakes by itself when a refill is due,
+                    # and waking it here would only take the GIL from us.
+                    self._changed.notify()
                 return entry
             self._last_take = time.monotonic()
-            self._changed.notify()
             return None
 
     def _send(self, entry: _Entry, payload: bytes, fds: list[int]) -> bool:
