@@ -38,7 +38,7 @@ if sanitizer == "undefined":
 elif sanitizer == "address":
     extra_compile_args += ["-fsanitize=address", "-fno-omit-frame-pointer", "-O1"]
 
-INIT_SOURCES = ["csrc/init/init.c", "csrc/error.c"]
+INIT_SOURCES = ["csrc/init/init.c", "csrc/init/waiting.c", "csrc/error.c"]
 INIT_NAME = "pycontain-init"
 
 

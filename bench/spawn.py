@@ -62,6 +62,11 @@ Candidates, each timed as the wall time of spawn + wait of busybox ``true``:
    pipe so that its spawns interleave with the others'; each spawn is timed
    in the worker (the pipe's round trip is not counted).
 
+9. ``pycontain, warm pool``: ``pool.spawn(["/bin/true"], ...)`` from a
+   ``pycontain.Pool(layers=[ROOT], size=4)``: the container was made ahead
+   of time and waits for the program (bench/pool.py; refilled, untimed,
+   after each timing). Shown when pycontain has ``Pool``.
+
 Phases:
 
 1. Latency: one warm Python process, candidates interleaved round by round in
@@ -71,13 +76,17 @@ Phases:
 2. Throughput: pycontain and subprocess.run spawns per second from one thread
    and from two threads (each looping spawn + wait), the two alternating in
    slices so that noise hits both alike; and the ratio two/one.
-3. Soak: N pycontain spawns, then a check (after letting things settle for
-   up to ~10 s) that this process's fds, RSS and children, the host's mount
-   table, the temp directory and the kernel's count of network namespaces
-   are back where they were. During the soak ``tempfile.gettempdir()`` is a
-   fresh private directory, so the judged temp count is not disturbed by
-   other programs (the host's /tmp is shown, for information only); the
-   machine-wide counts are judged by their floor while polling (see Metric).
+   Then the warm pool's own phases (bench/pool.py): a burst of 100 spawns
+   from a full pool of 100 against 100 cold ones, throughput through a
+   pool of 4 against cold, and the idle cost of a waiting entry.
+3. Soak: N pycontain spawns (and N more through a warm pool), then a check
+   (after letting things settle for up to ~10 s) that this process's fds, RSS
+   and children, the host's mount table, the temp directory and the kernel's
+   count of network namespaces are back where they were. During the soak
+   ``tempfile.gettempdir()`` is a fresh private directory, so the judged temp
+   count is not disturbed by other programs (the host's /tmp is shown, for
+   information only); the machine-wide counts are judged by their floor while
+   polling (see Metric).
 
 Exit status: 0 when every soak check passes, 1 when one fails or the
 benchmark cannot run (not root, no busybox, no pycontain).
@@ -104,6 +113,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+
+import pool as pool_phases  # bench/pool.py: the warm pool's phases
 
 BUSYBOX = Path("/bin/busybox")
 
@@ -227,6 +238,7 @@ class Candidate:
     # For a spawn timed in another process (the rootless worker): the time
     # that process measured for the last spawn, instead of the round trip.
     reported: Callable[[], float] | None = None
+    after: Callable[[], object] | None = None  # untimed, after each timed spawn
 
 
 @dataclass
@@ -492,6 +504,18 @@ def make_candidates(
     return candidates, unavailable
 
 
+def warm_pool_candidate(pycontain: ModuleType, root: Path) -> tuple[Candidate, object]:
+    """Spawns from a pycontain.Pool of 4 (bench/pool.py), refilled after each timing."""
+    pool = pool_phases.make_pool(pycontain, root, 4)
+    spawn = pool_phases.pool_spawn(pool)
+    command = (
+        "pool.spawn(['/bin/true'], env={'PATH': '/bin'}).wait(), pool = Pool(layers=[ROOT],"
+        " size=4), refilled (pool.fill()) after each timing"
+    )
+    after = lambda: pool.fill(120)  # noqa: E731
+    return Candidate("pycontain, warm pool", command, spawn, verify_spawn(spawn), after=after), pool
+
+
 def verify_candidates(
     candidates: list[Candidate], unavailable: list[Unavailable]
 ) -> list[Candidate]:
@@ -528,6 +552,8 @@ def measure_latency(
                     candidate.failures += 1
                 if round_index >= warmup:
                     candidate.samples.append(elapsed)
+                if candidate.after is not None:
+                    candidate.after()
             if round_index % 20 == 19:
                 gc.collect()
     finally:
@@ -904,8 +930,12 @@ def settle(metrics: Sequence[Metric], baseline: Snapshot | None) -> tuple[Snapsh
     return seen, time.monotonic() - start
 
 
-def soak_loop(spawn: Spawn, spawns: int) -> tuple[int, dict[str, int], float]:
-    """Run ``spawn`` ``spawns`` times: (non-zero exits, exceptions by message, seconds)."""
+def soak_loop(
+    spawn: Spawn, spawns: int, after: Callable[[], object] | None = None
+) -> tuple[int, dict[str, int], float]:
+    """Run ``spawn`` ``spawns`` times: (non-zero exits, exceptions by message, seconds).
+
+    ``after`` runs after each spawn (a pool's refill, so that each spawn is warm)."""
     failures = 0
     errors: dict[str, int] = {}
     show_progress = sys.stderr.isatty()
@@ -917,6 +947,8 @@ def soak_loop(spawn: Spawn, spawns: int) -> tuple[int, dict[str, int], float]:
         except Exception as error:
             key = f"{type(error).__name__}: {error}"
             errors[key] = errors.get(key, 0) + 1
+        if after is not None:
+            after()
         if show_progress and (index + 1) % max(1, spawns // 20) == 0:
             print(f"\r  {index + 1}/{spawns}", end="", file=sys.stderr, flush=True)
     if show_progress:
@@ -924,11 +956,13 @@ def soak_loop(spawn: Spawn, spawns: int) -> tuple[int, dict[str, int], float]:
     return failures, errors, time.perf_counter() - start
 
 
-def run_soak(candidates: list[Candidate], spawns: int) -> bool:
-    candidate = next((c for c in candidates if c.name == "pycontain.Process (default)"), None)
-    print(f"== Soak: {spawns} pycontain spawns  {loadavg()}")
+def run_soak(
+    candidates: list[Candidate], spawns: int, name: str = "pycontain.Process (default)"
+) -> bool:
+    candidate = next((c for c in candidates if c.name == name), None)
+    print(f"== Soak: {spawns} spawns of {name}  {loadavg()}")
     if candidate is None:
-        print("  FAIL pycontain.Process (default) is not available")
+        print(f"  FAIL {name} is not available")
         return False
     # The host's temp directory is shared with everything else on the machine,
     # so its entry count is only informative. For a judged count, the soak
@@ -943,7 +977,7 @@ def run_soak(candidates: list[Candidate], spawns: int) -> bool:
     try:
         metrics = soak_metrics(host_tmp)
         before, waited_before = settle(metrics, None)
-        failures, errors, elapsed = soak_loop(candidate.spawn, spawns)
+        failures, errors, elapsed = soak_loop(candidate.spawn, spawns, candidate.after)
         after, waited_after = settle(metrics, before)
         host_tmp_new = sorted(set(os.listdir(host_tmp)) - host_tmp_before)
     finally:
@@ -1051,6 +1085,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.chmod(scratch, 0o755)  # the rootless worker's uid reads the rootfs too
         root = build_rootfs(Path(scratch))
         candidates, unavailable = make_candidates(pycontain, root, bwrap, bwrap_overlay)
+        pool = None
+        if pool_phases.has_pool(pycontain):
+            warm, pool = warm_pool_candidate(pycontain, root)
+            candidates.append(warm)
         candidates = verify_candidates(candidates, unavailable)
         if not candidates:
             print("spawn.py: no candidate works")
@@ -1059,10 +1097,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_latency(candidates, unavailable, args.rounds, args.warmup)
         measure_preparation(pycontain, root, max(20, args.rounds // 5))
         run_throughput(candidates, args.throughput_seconds)
+        if pool is not None:
+            pool_phases.measure_burst(pycontain, root, 100, 1 if args.quick else 3)
+            pool_phases.measure_pool_throughput(
+                pycontain, root, args.throughput_seconds, measure_throughput
+            )
+            pool_phases.measure_idle_cost(pycontain, root, 20)
+            pool_phases.measure_floor(root, max(100, args.rounds))
         if not args.soak:
             print("== Soak: skipped (--soak 0)")
             return 0
         ok = run_soak(candidates, args.soak)
+        if pool is not None:
+            warm_before = pool.warm_spawns  # type: ignore[attr-defined]
+            ok = run_soak(candidates, args.soak, "pycontain, warm pool") and ok
+            served = pool.warm_spawns - warm_before  # type: ignore[attr-defined]
+            print(f"  (through the pool: {served} of {args.soak} spawns served warm)")
+            pool.close()  # type: ignore[attr-defined]
     print(f"== Soak result: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 

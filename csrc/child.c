@@ -197,6 +197,9 @@ static int run_steps(struct pc_child_args *args, struct pc_error *err)
     /* From here on nothing runs caller code: hooks keep the caller's keys
      * and every capability. The order of these is explained in
      * privileges.c. */
+    /* A pool's entry is made at its refill thread's lower priority; raising
+     * it back needs CAP_SYS_NICE, dropped below. */
+    STEP(PC_STEP_PRIORITY, pc_priority_restore(request, err));
     STEP(PC_STEP_SESSION_KEYRING, pc_privileges_join_session_keyring(err));
     /* Needs CAP_SETPCAP, which a setresuid to non-root takes away. */
     STEP(PC_STEP_CAPABILITIES, pc_privileges_limit_bounding_set(request, err));

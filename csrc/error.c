@@ -49,6 +49,7 @@ static const char *const step_names[PC_STEP_COUNT] = {
     [PC_STEP_SECCOMP] = "seccomp",
     [PC_STEP_INIT] = "init",
     [PC_STEP_USERNS_MAP] = "userns-map",
+    [PC_STEP_PRIORITY] = "priority",
 };
 
 int pc_fail(struct pc_error *err, enum pc_step step, int errnum, const char *detail)

@@ -66,6 +66,7 @@ enum pc_step {
     PC_STEP_SECCOMP,
     PC_STEP_INIT,       /* exec'ing the init, or the init starting the program */
     PC_STEP_USERNS_MAP, /* writing the new user namespace's setgroups, uid_map, gid_map */
+    PC_STEP_PRIORITY,   /* setting the niceness (priority.c) */
     PC_STEP_COUNT
 };
 

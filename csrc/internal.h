@@ -24,6 +24,7 @@
  *   upper.c    child side: the throwaway upper directory's fd, to the parent
  *   userns.c   child side: a new user namespace's id maps, /dev nodes bound
  *              from the host (rootless mode)
+ *   priority.c child side: the niceness a pool's entry is made with, undone
  *   error.c    error records (convention in error.h)
  */
 #ifndef PYCONTAIN_INTERNAL_H
@@ -62,6 +63,23 @@ struct pc_message {
     int32_t kind;
     int32_t value;
     struct pc_error error;
+};
+
+/* A warm pool entry's request (pycontain/_pool.py to init/waiting.c): one
+ * SOCK_SEQPACKET message, this header then the strings, each NUL-terminated:
+ * argc argv items, envc environment items, pathc candidate paths, and the
+ * cwd when has_cwd. The fds (SCM_RIGHTS, in order) go to targets[i] in the
+ * program. Python packs the same layout (_pool.py's _HEADER). */
+#define PC_WARM_MAGIC    0x70637731U /* "pcw1" */
+#define PC_WARM_MAX_FDS  250         /* below the kernel's SCM_MAX_FD (253) */
+#define PC_WARM_MAX_SIZE (128 * 1024)
+struct pc_warm_request {
+    uint32_t magic;
+    uint32_t argc, envc, pathc;
+    uint32_t has_cwd;
+    uint32_t fd_count;
+    uint64_t signal_mask; /* the caller's, for the program */
+    int32_t targets[PC_WARM_MAX_FDS];
 };
 
 /* Write a message without error fields (async-signal-safe); returns 0 or
@@ -262,6 +280,8 @@ int pc_upper_share(const struct pc_spawn_request *request, const struct pc_root 
  * in the new /dev `dev`, where mknod is not allowed. */
 int pc_userns_write_maps(const struct pc_spawn_request *request, struct pc_error *err);
 int pc_userns_bind_device(int dev, const char *path, struct pc_error *err);
+/* priority.c (child side, async-signal-safe) */
+int pc_priority_restore(const struct pc_spawn_request *request, struct pc_error *err);
 
 /* binds.c (child side, async-signal-safe) */
 int pc_binds_open_sources(const struct pc_spawn_request *request, struct pc_error *err);

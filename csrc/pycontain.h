@@ -165,6 +165,12 @@ struct pc_spawn_request {
     int new_session;
     int stay_in_caller_group;
 
+    /* With set_nice, the child sets its niceness to `nice` before it drops
+     * its capabilities (priority.c): a pool's refill thread spawns at a
+     * lowered priority, which the program must not inherit. */
+    int set_nice;
+    int nice;
+
     /* A seccomp BPF program (an array of struct sock_filter) loaded as the
      * last step before exec, or NULL for none. */
     const void *seccomp_filter;

@@ -16,6 +16,7 @@ from ._doctor import DoctorReport, doctor
 from ._errors import CallbackError, SpawnError, TimeoutExpired
 from ._io import DEVNULL, PIPE, STDOUT
 from ._netns import netns_pool_status, set_netns_pool
+from ._pool import Pool
 from ._privileges import CAPABILITIES, DEFAULT_CAPABILITIES
 from ._process import Process
 from ._run import CompletedProcess, run
@@ -36,6 +37,7 @@ __all__ = [
     "CompletedProcess",
     "Container",
     "DoctorReport",
+    "Pool",
     "Process",
     "RemoteError",
     "RemoteTraceback",

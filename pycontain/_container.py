@@ -29,6 +29,7 @@ from ._privileges import Network, Seccomp
 from ._spawn import Env, StrOrBytesPath
 
 if TYPE_CHECKING:
+    from . import _pool
     from ._asyncio import AsyncProcess
     from ._changes import Change
     from ._process import Process
@@ -102,6 +103,7 @@ class CommandSettings(PlaceSettings, total=False):
     pre_exec: _callbacks.Callback | None
     _force_legacy_clone: bool
     _main: _callbacks.Callback | None
+    _pool: _pool.Pool | None
 
 
 class StreamSettings(TypedDict, total=False):

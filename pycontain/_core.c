@@ -522,7 +522,7 @@ PyDoc_STRVAR(spawn_doc,
              "      privileged=False, capabilities=0, last_capability=CAP_LAST_CAP,\n"
              "      seccomp=None, new_session=True, upper_socket=-1, main=None, init_fd=-1,\n"
              "      init_argv=None, init_keep_fds=(), stay_in_caller_group=False,\n"
-             "      uid_map=None, gid_map=None)\n"
+             "      uid_map=None, gid_map=None, nice=None)\n"
              "      -> (pid, pidfd, mntns)\n\n"
              "Start a container. Arguments are pre-validated bytes, ints and fds (see\n"
              "pycontain/_spawn.py); rlimits is a list of (resource, soft, hard), groups\n"
@@ -543,7 +543,9 @@ PyDoc_STRVAR(spawn_doc,
              "main (a callable) runs instead of the exec, as the program (pycontain.call).\n"
              "init_fd >= 0: exec that init with init_argv as the last step (csrc/init/).\n"
              "uid_map, gid_map: bytes the child writes to its maps when namespaces has\n"
-             "CLONE_NEWUSER (csrc/userns.c).");
+             "CLONE_NEWUSER (csrc/userns.c).\n"
+             "nice: None, or the niceness the child sets before it drops its\n"
+             "capabilities (csrc/priority.c).");
 
 static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -596,6 +598,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
                                "stay_in_caller_group",
                                "uid_map",
                                "gid_map",
+                               "nice",
                                NULL};
     PyObject *argv_list, *envp_list, *exec_list, *cwd_object, *layer_path_list, *rlimit_list;
     PyObject *group_list, *layer_fd_list, *stdio_list, *pass_fd_list, *result = NULL;
@@ -610,7 +613,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     PyObject *main_hook = Py_None;
     int upper_socket = -1;
     int init_fd = -1, stay_in_caller_group = 0;
-    PyObject *init_argv_list = Py_None, *init_keep_list = NULL;
+    PyObject *init_argv_list = Py_None, *init_keep_list = NULL, *nice = Py_None;
     struct string_array init_argv = {0};
     struct int_array init_keep_fds = {0};
     unsigned long long scratch_size = 0, dev_size = 0, dev_inodes = 0, shm_size = 0;
@@ -636,7 +639,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     struct pc_error err;
 
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOOOiOiOkOOOOOLLi|pOOOOipiOKKKKOOppKiOpiOiOOpOO", keywords,
+            args, kwargs, "OOOOOOOiOiOkOOOOOLLi|pOOOOipiOKKKKOOppKiOpiOiOOpOOO", keywords,
             &argv_list, &envp_list, &exec_list, &cwd_object, &layer_path_list, &layer_fd_list,
             &upper_path_object, &upper_fd, &work_path_object, &work_fd, &scratch_object,
             &namespaces, &stdio_list, &pass_fd_list, &hostname_object, &rlimit_list, &group_list,
@@ -645,7 +648,7 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
             &scratch_size, &dev_size, &dev_inodes, &shm_size, &bind_list, &tmpfs_list,
             &force_resolve_walk, &privileged, &capabilities, &last_capability, &seccomp,
             &new_session, &upper_socket, &main_hook, &init_fd, &init_argv_list, &init_keep_list,
-            &stay_in_caller_group, &uid_map_object, &gid_map_object))
+            &stay_in_caller_group, &uid_map_object, &gid_map_object, &nice))
         return NULL;
     if (convert_string_array(argv_list, &argv, "argv") < 0 ||
         convert_string_array(envp_list, &envp, "envp") < 0 ||
@@ -778,6 +781,18 @@ static PyObject *core_spawn(PyObject *module, PyObject *args, PyObject *kwargs)
     request.last_capability = last_capability;
     request.new_session = new_session;
     request.stay_in_caller_group = stay_in_caller_group;
+    if (nice != Py_None) {
+        long value = PyLong_AsLong(nice);
+
+        if (value == -1 && PyErr_Occurred())
+            goto done;
+        if (value < -20 || value > 19) {
+            PyErr_SetString(PyExc_ValueError, "nice must be from -20 to 19");
+            goto done;
+        }
+        request.set_nice = 1;
+        request.nice = (int)value;
+    }
     request.init_fd = init_fd;
     request.init_argv = init_argv.items;
     request.init_keep_fds = init_keep_fds.items;

@@ -64,6 +64,7 @@ def spawn(
     init_argv: list[bytes] | None = ...,
     init_keep_fds: list[int] = ...,
     stay_in_caller_group: bool = ...,
+    nice: int | None = ...,
     new_session: bool = ...,
     main: Callable[[], object] | None = ...,
     uid_map: bytes | None = ...,

@@ -190,8 +190,14 @@ class InitPlan:
             self.status_read = -1
 
 
-def plan(exec_paths: list[bytes], argv: list[bytes], *, die_with_parent: bool) -> InitPlan:
-    """The init's fd, argv (see csrc/init/init.c) and status pipe."""
+def plan(
+    exec_paths: list[bytes], argv: list[bytes], *, die_with_parent: bool, request_fd: int = -1
+) -> InitPlan:
+    """The init's fd, argv (see csrc/init/init.c) and status pipe.
+
+    ``request_fd`` >= 0: a warm pool entry's init, which waits for its
+    program's request on that socket (csrc/init/waiting.c, pycontain/_pool.py).
+    """
     init_fd = init_executable()
     owner = owner_pidfd() if die_with_parent else -1
     # Non-blocking: the parent reads what is there (_core.read_message);
@@ -207,15 +213,14 @@ def plan(exec_paths: list[bytes], argv: list[bytes], *, die_with_parent: bool) -
             except OSError:
                 pass
         raise
-    init_argv = [
-        INIT_NAME.encode(),
-        str(write_end).encode(),
-        str(owner).encode(),
-        str(len(exec_paths)).encode(),
-        *exec_paths,
-        *argv,
-    ]
+    head = [INIT_NAME.encode(), str(write_end).encode(), str(owner).encode()]
+    if request_fd >= 0:
+        init_argv = [*head, b"wait", str(request_fd).encode()]
+    else:
+        init_argv = [*head, str(len(exec_paths)).encode(), *exec_paths, *argv]
     keep = [write_end] if owner < 0 else [write_end, owner]
+    if request_fd >= 0:
+        keep.append(request_fd)
     return InitPlan(init_fd, init_argv, keep, read_end, write_end)
 
 

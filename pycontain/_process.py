@@ -17,7 +17,7 @@ import types
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import IO, Any, Literal, Unpack, overload
+from typing import IO, TYPE_CHECKING, Any, Literal, Unpack, overload
 
 from . import (
     _callbacks,
@@ -36,6 +36,9 @@ from ._container import Container, ProcessSettings, ProgramSettings
 from ._errors import TimeoutExpired
 from ._io import Stream
 from ._spawn import Env, StrOrBytesPath
+
+if TYPE_CHECKING:
+    from . import _pool
 
 __all__ = ["Process"]
 
@@ -159,10 +162,13 @@ class Process:
         timeout: float | None = None,
         _force_legacy_clone: bool = False,
         _main: _callbacks.Callback | None = None,
+        _pool: _pool.Pool | None = None,
     ) -> None:
         """The one declaration of the program's keywords and their defaults.
 
         ``_main`` (pycontain.call) runs in place of the exec, as the program.
+        ``_pool``: start it in one of that pool's warm entries when one is
+        ready (pycontain/_pool.py), else as always.
         """
         self.args = args
         self.stdin: IO[Any] | None = None
@@ -197,6 +203,34 @@ class Process:
         # EBADF now, before opening the layers could give the number to one
         # of pycontain's own fds.
         streams = _io.open_streams(stdin, stdout, stderr)
+        if _pool is not None:
+            # A warm entry: everything but the program is made already.
+            try:
+                entry = _pool._start_program(
+                    args,
+                    executable,
+                    cwd,
+                    env,
+                    streams.child,
+                    passed,
+                    timeout,
+                    callbacks=pre_exec is not None or _main is not None,
+                )
+            except BaseException:
+                streams.close_all()
+                raise
+            if entry is not None:
+                (
+                    self.pid,
+                    self._pidfd,
+                    self._mntns,
+                    self._status_fd,
+                    self._cgroup,
+                    self._kept_upper,
+                ) = entry.started()
+                streams.close_child_ends()
+                self._wrap_streams(streams, encoding, errors, bufsize)
+                return
         try:
             prepared = _spawn.prepare(
                 container._plan, args, executable=executable, cwd=cwd, env=env
@@ -234,6 +268,11 @@ class Process:
         self._workdir = prepared.created_workdir
         self._writedir_lock = prepared.writedir_lock
         self._kept_upper, prepared.kept_upper = prepared.kept_upper, -1
+        self._wrap_streams(streams, encoding, errors, bufsize)
+
+    def _wrap_streams(
+        self, streams: _io.Streams, encoding: str | None, errors: str | None, bufsize: int
+    ) -> None:
         files: list[IO[Any] | None] = [None, None, None]
         try:
             for index, fd in enumerate(streams.parent):

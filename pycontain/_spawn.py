@@ -459,6 +459,30 @@ def plan(
     )
 
 
+def prepare_program(
+    plan: ContainerPlan,
+    args: StrOrBytesPath | Sequence[StrOrBytesPath],
+    *,
+    executable: StrOrBytesPath | None,
+    cwd: StrOrBytesPath | None,
+    env: Env | None,
+) -> Prepared:
+    """The program's part of :func:`prepare` (checked strings, no fds): what a
+    warm pool entry needs (pycontain/_pool.py)."""
+    argv = _argv(args)
+    program = argv[0] if executable is None else to_bytes(executable, "executable")
+    if not program:
+        raise ValueError("executable must not be empty")
+    envp, env = _envp(env)
+    return Prepared(
+        plan=plan,
+        argv=argv,
+        envp=envp,
+        exec_paths=_exec_paths(program, env),
+        cwd=None if cwd is None else to_bytes(cwd, "cwd"),
+    )
+
+
 def prepare(
     plan: ContainerPlan,
     args: StrOrBytesPath | Sequence[StrOrBytesPath],
@@ -472,18 +496,7 @@ def prepare(
     Raises before anything is created; on success the caller owns the
     result and must call ``release()``.
     """
-    argv = _argv(args)
-    program = argv[0] if executable is None else to_bytes(executable, "executable")
-    if not program:
-        raise ValueError("executable must not be empty")
-    envp, env = _envp(env)
-    prepared = Prepared(
-        plan=plan,
-        argv=argv,
-        envp=envp,
-        exec_paths=_exec_paths(program, env),
-        cwd=None if cwd is None else to_bytes(cwd, "cwd"),
-    )
+    prepared = prepare_program(plan, args, executable=executable, cwd=cwd, env=env)
     try:
         for layer in plan.layers:
             prepared.layer_fds.append(open_directory(layer, "layer"))
@@ -588,6 +601,8 @@ def spawn(
     args: object = None,
     trace: Any = None,
     cgroup: Cgroup | None = None,
+    request_fd: int = -1,
+    nice: int | None = None,
 ) -> tuple[int, int, int, int]:
     """Start the container; returns (pid, pidfd, mntns, status_fd) or raises SpawnError.
 
@@ -606,7 +621,11 @@ def spawn(
     ``hooks`` (from _callbacks.spawn_arguments) or a ``timeout`` take the
     fork path; a spawn that outlives ``timeout`` is killed and raises
     TimeoutExpired. ``cgroup`` (from _cgroup.create) is where the container
-    starts.
+    starts. ``request_fd`` >= 0 makes a warm pool entry (pycontain/_pool.py):
+    its init waits for a request on that socket instead of starting the
+    prepared program, and this returns as soon as the init runs. ``nice``:
+    the niceness the child sets before it drops its capabilities (a pool's
+    refill thread runs at a lower one).
     """
     plan = prepared.plan
     settings, mounts = plan.settings, plan.mounts
@@ -622,7 +641,12 @@ def spawn(
     runs_a_program = (hooks or {}).get("main") is None
     uid_map, gid_map = _userns.maps() if plan.userns else (None, None)
     init = (
-        _lifecycle.plan(prepared.exec_paths, prepared.argv, die_with_parent=plan.die_with_parent)
+        _lifecycle.plan(
+            prepared.exec_paths,
+            prepared.argv,
+            die_with_parent=plan.die_with_parent,
+            request_fd=request_fd,
+        )
         if plan.init and runs_a_program
         else None
     )
@@ -675,6 +699,7 @@ def spawn(
             stay_in_caller_group=not plan.new_session,
             uid_map=uid_map,
             gid_map=gid_map,
+            nice=nice,
             **(hooks or {}),
         )
     except _core.StepError as failure:
@@ -702,6 +727,8 @@ def spawn(
         return pid, pidfd, mntns, -1
     # The init runs; it reports on the program's exec on the status pipe.
     init.close_write_end()
+    if request_fd >= 0:
+        return pid, pidfd, mntns, init.status_read  # a pool entry: no program yet
     try:
         failed = _lifecycle.await_program(init.status_read, pidfd, deadline, args, timeout)
     except BaseException:
@@ -714,6 +741,11 @@ def spawn(
             prepared, step, err, detail
         ) from None
     return pid, pidfd, mntns, init.status_read
+
+
+def program_failure(prepared: Prepared, step: str, err: int, detail: bytes) -> Exception:
+    """The exception for the init's report that the program did not start."""
+    return _lifecycle.failure(step, err, detail) or _translate(prepared, step, err, detail)
 
 
 def _abandon(pidfd: int, mntns: int, init: _lifecycle.InitPlan) -> None:

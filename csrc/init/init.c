@@ -18,6 +18,9 @@
  *   5. with an owner pidfd (die with the parent), kills everything and exits
  *      as soon as the owning process has exited, however it died.
  *
+ * In wait mode (a warm pool entry: waiting.c) it first waits for a request
+ * that names the program, its environment, cwd and fds.
+ *
  * It is exec'd by the container's setup (child.c) by fd, as its last step,
  * with the program's environment and this argv (built by
  * pycontain/_spawn.py):
@@ -25,7 +28,10 @@
  *   pycontain-init STATUS_FD OWNER_PIDFD N PATH1 .. PATHN ARGV0 ARGV1 ...
  *
  * STATUS_FD is the write end of the status pipe, OWNER_PIDFD -1 when the
- * container may outlive its owner. No libc (see sys.h), no allocation: what
+ * container may outlive its owner. In wait mode (waiting.c):
+ *
+ *   pycontain-init STATUS_FD OWNER_PIDFD wait REQUEST_FD
+ * No libc (see sys.h), no allocation: what
  * it needs is on its stack.
  */
 #define _GNU_SOURCE
@@ -43,6 +49,7 @@
 
 #include "../internal.h"
 #include "sys.h"
+#include "waiting.h"
 
 PC_INIT_ENTRY
 
@@ -162,6 +169,11 @@ static void close_other_fds(const int *keep, int count)
     }
 }
 
+static int is_wait_mode(const char *mode)
+{
+    return mode[0] == 'w' && mode[1] == 'a' && mode[2] == 'i' && mode[3] == 't' && mode[4] == '\0';
+}
+
 static void sort(int *fds, int count)
 {
     for (int i = 1; i < count; i++)
@@ -239,6 +251,47 @@ static long start_program(int status_fd, uint64_t program_mask,
     return pid;
 }
 
+/* A warm entry (waiting.c): fork the program's process now, before any
+ * request, so that a spawn costs neither this fork nor a wake-up of the
+ * init. That process waits for the request, then places the program's fds
+ * and execs it. The parent learns of the exec from it directly: the init
+ * closes its copy of the request socket right after this fork
+ * (close_other_fds), so the program's process holds the last one,
+ * close-on-exec, and the exec ends the socket (a failure first sends the
+ * error record on it). Returns the process's pid, or -1 after telling the
+ * parent why not. */
+static long fork_waiting_program(int status_fd, int request_fd, int owner_fd,
+                                 const struct kernel_sigaction *program_sigchld)
+{
+    struct init_program program;
+    struct pc_error error;
+    int malformed;
+    long pid = sys5(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+
+    if (pid < 0) {
+        pc_fail(&error, PC_STEP_INIT, (int)-pid, "fork");
+        send_message(status_fd, PC_MESSAGE_ERROR, 0, &error);
+        return -1;
+    }
+    if (pid != 0)
+        return pid;
+    /* Until a request comes, every signal stays blocked (the init forwards
+     * them here; they reach the program once its mask is set). Without a
+     * request (the owner died, the pool let the entry go), this process
+     * exits, and the init with it, as when a program ends. */
+    if (init_wait_for_request(request_fd, owner_fd, &program, &error, &malformed) < 0) {
+        if (malformed)
+            send_message(request_fd, PC_MESSAGE_ERROR, 0, &error);
+        exit_now(0);
+    }
+    sys4(SYS_rt_sigaction, SIGCHLD, program_sigchld, 0, SIGSET_SIZE);
+    sys4(SYS_rt_sigprocmask, SIG_SETMASK, &program.signal_mask, 0, SIGSET_SIZE);
+    if (init_place_program(&program, &error) == 0)
+        exec_program(program.paths, program.path_count, program.argv, program.envp, &error);
+    send_message(request_fd, PC_MESSAGE_ERROR, 0, &error);
+    exit_now(127);
+}
+
 /* Everything else in the container: as PID 1, kill(-1) reaches every
  * process of the namespace but the init itself. */
 static void kill_the_rest(void)
@@ -305,21 +358,27 @@ static __attribute__((noreturn)) void serve_without_signalfd(long program, int s
 
 __attribute__((noreturn, used)) void init_start(long *stack)
 {
-    long argc = stack[0], status_fd, owner_fd, count, program;
+    long argc = stack[0], status_fd, owner_fd, count, program, request_fd = -1;
     char **argv = (char **)(stack + 1), **envp = argv + argc + 1;
     uint64_t all = ~0ULL, program_mask = 0, forwarded;
     struct kernel_sigaction default_action = {0}, program_sigchld;
     struct pollfd watched[2];
-    int keep[2], signal_fd;
+    int keep[3], signal_fd;
 
     /* kill(-1, SIGKILL) below means "everything in this container" only
      * for PID 1 of a PID namespace; anywhere else it means every process
      * the caller may signal on the machine. Refuse to run anywhere else. */
     if (sys0(SYS_getpid) != 1)
         exit_now(127);
-    if (argc < 6 || parse_int(argv[1], &status_fd) < 0 || parse_int(argv[2], &owner_fd) < 0 ||
-        parse_int(argv[3], &count) < 0 || count < 1 || 4 + count >= argc)
+    if (argc == 5 && is_wait_mode(argv[3])) {
+        if (parse_int(argv[1], &status_fd) < 0 || parse_int(argv[2], &owner_fd) < 0 ||
+            parse_int(argv[4], &request_fd) < 0 || request_fd < 0)
+            exit_now(127);
+    } else if (argc < 6 || parse_int(argv[1], &status_fd) < 0 ||
+               parse_int(argv[2], &owner_fd) < 0 || parse_int(argv[3], &count) < 0 || count < 1 ||
+               4 + count >= argc) {
         exit_now(127);
+    }
     /* Signals wait in the queue until the loop below reads them: blocked
      * from the start, so none sent before the program runs is lost. */
     sys4(SYS_rt_sigprocmask, SIG_BLOCK, &all, &program_mask, SIGSET_SIZE);
@@ -330,8 +389,21 @@ __attribute__((noreturn, used)) void init_start(long *stack)
     if (owner_fd >= 0)
         sys3(SYS_fcntl, owner_fd, F_SETFD, FD_CLOEXEC);
 
-    program = start_program((int)status_fd, program_mask, &program_sigchld, argv + 4, count,
-                            argv + 4 + count, envp);
+    if (request_fd >= 0) {
+        sys3(SYS_fcntl, request_fd, F_SETFD, FD_CLOEXEC);
+        /* Nothing of the process that made the entry (its stdio) stays
+         * open while it waits. */
+        keep[0] = (int)status_fd;
+        keep[1] = (int)request_fd;
+        keep[2] = owner_fd >= 0 ? (int)owner_fd : (int)status_fd;
+        sort(keep, 3);
+        close_other_fds(keep, 3);
+        program =
+            fork_waiting_program((int)status_fd, (int)request_fd, (int)owner_fd, &program_sigchld);
+    } else {
+        program = start_program((int)status_fd, program_mask, &program_sigchld, argv + 4, count,
+                                argv + 4 + count, envp);
+    }
     if (program < 0)
         exit_now(127);
     keep[0] = (int)status_fd;
