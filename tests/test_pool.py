@@ -23,7 +23,6 @@ import pycontain
 from pycontain import _pool
 
 
-
 def full_pool(rootfs, size=2, **settings) -> pycontain.Pool:
     pool = pycontain.Pool(layers=[rootfs], size=size, **settings)
     assert pool.fill(TIMEOUT), pool.refill_error
