@@ -246,7 +246,10 @@ class Pool:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        # Re-entrant: the refill thread drops its reference to the pool while
+        # it holds this lock (to wait on the condition), and when that was the
+        # last one, __del__ -> close() runs right there, in that thread.
+        self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._ready: deque[_Entry] = deque()
         self._discarded: list[_Entry] = []

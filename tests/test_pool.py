@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from helpers import (
@@ -234,6 +235,28 @@ def test_exec_errors_are_those_of_a_cold_spawn(rootfs, error_layer, args, kwargs
         cold.value.errno,
         cold.value.filename,
     )
+
+
+def test_a_passed_fd_at_the_entrys_request_socket_number(rootfs, no_leaks):
+    # The entry's init holds its request socket at a number this process
+    # freed once the entry was made: the next fds opened here reuse it. A
+    # program's fd placed there must not replace the socket (the failed exec
+    # would pass for a success, and its error record land in the pipe).
+    with full_pool(rootfs, size=1) as pool:
+        pipes = [os.pipe() for _ in range(8)]
+        try:
+            passed = tuple(fd for pipe in pipes for fd in pipe)
+            with pytest.raises(pycontain.SpawnFileNotFoundError):
+                pool.spawn(["/bin/missing"], env=BB_ENV, pass_fds=passed)
+            assert pool.cold_spawns == 0  # an entry took it
+            for read_end, _ in pipes:
+                os.set_blocking(read_end, False)
+                with pytest.raises(BlockingIOError):
+                    os.read(read_end, 1)
+        finally:
+            for pipe in pipes:
+                for fd in pipe:
+                    os.close(fd)
 
 
 def test_bad_arguments_raise_before_an_entry_is_used(rootfs):
@@ -527,6 +550,25 @@ def test_a_dropped_pool_is_closed(rootfs, no_leaks):
     thread.join(TIMEOUT)
     assert not thread.is_alive()
     assert all(is_gone(pid) for pid in waiting)
+
+
+def test_pools_dropped_while_refilling_are_closed(rootfs):
+    # The refill thread may hold the last reference as it starts to wait:
+    # the pool's close() then runs in that thread, under the pool's lock.
+    threads, inits = [], []
+    for _ in range(20):
+        pool = pycontain.Pool(layers=[rootfs], size=4)
+        assert pool.run(["/bin/true"], env=BB_ENV, timeout=TIMEOUT).returncode == 0
+        threads.append(pool._thread)
+        inits += waiting_pids(pool)
+        del pool
+    gc.collect()
+    for thread in threads:
+        if thread is not None:
+            thread.join(TIMEOUT)
+            assert not thread.is_alive()
+    assert wait_until(lambda: all(is_gone(pid) for pid in inits))
+    assert not [t for t in threading.enumerate() if t.name == "pycontain-pool-refill"]
 
 
 def test_spawns_from_several_threads(rootfs, no_leaks):

@@ -286,7 +286,7 @@ static long fork_waiting_program(int status_fd, int request_fd, int owner_fd,
     }
     sys4(SYS_rt_sigaction, SIGCHLD, program_sigchld, 0, SIGSET_SIZE);
     sys4(SYS_rt_sigprocmask, SIG_SETMASK, &program.signal_mask, 0, SIGSET_SIZE);
-    if (init_place_program(&program, &error) == 0)
+    if (init_place_program(&program, &request_fd, &error) == 0)
         exec_program(program.paths, program.path_count, program.argv, program.envp, &error);
     send_message(request_fd, PC_MESSAGE_ERROR, 0, &error);
     exit_now(127);

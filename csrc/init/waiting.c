@@ -169,7 +169,7 @@ int init_wait_for_request(int request_fd, int owner_fd, struct init_program *pro
 
 /* Runs in the program's process (a copy of the init, which sleeps until
  * its exec). */
-int init_place_program(const struct init_program *program, struct pc_error *err)
+int init_place_program(const struct init_program *program, int *request_fd, struct pc_error *err)
 {
     int high[PC_WARM_MAX_FDS], above = 2;
 
@@ -182,6 +182,18 @@ int init_place_program(const struct init_program *program, struct pc_error *err)
     for (int i = 0; i < program->fd_count; i++)
         if (program->targets[i] > above)
             above = program->targets[i];
+    /* The request socket first: its number is free in the caller, so a
+     * target may have it, and the placed fd would replace the socket (the
+     * caller would take the end of the socket for an exec, and an error
+     * record would go to the program's fd). */
+    {
+        long moved = sys3(SYS_fcntl, *request_fd, F_DUPFD_CLOEXEC, above + 1);
+
+        if (moved < 0)
+            return pc_fail(err, PC_STEP_STDIO, (int)-moved, "fds");
+        sys1(SYS_close, *request_fd);
+        *request_fd = (int)moved;
+    }
     /* First every fd above every target, so that placing one cannot replace
      * another not yet placed; all of these are close-on-exec, as is every
      * fd the init holds, so only the placed copies reach the program. */

@@ -29,7 +29,9 @@ int init_wait_for_request(int request_fd, int owner_fd, struct init_program *pro
                           struct pc_error *err, int *malformed);
 
 /* In the program's process, before its exec: cwd and the fds at their
- * numbers (everything else the init holds is close-on-exec). */
-int init_place_program(const struct init_program *program, struct pc_error *err);
+ * numbers (everything else the init holds is close-on-exec). The request
+ * socket `*request_fd` is moved above every target first (the new number is
+ * stored there), so that no placed fd replaces it. */
+int init_place_program(const struct init_program *program, int *request_fd, struct pc_error *err);
 
 #endif
