@@ -36,6 +36,17 @@
 #include "internal.h"
 #include "nocancel.h"
 
+/* From linux/mount.h (5.12), which older headers lack; the syscall's number
+ * is the same on every architecture. */
+#define PC_SYS_mount_setattr 442
+#define PC_MOUNT_ATTR_RDONLY 0x00000001ULL
+#define PC_MOUNT_ATTR_NOSUID 0x00000002ULL
+#define PC_MOUNT_ATTR_NODEV  0x00000004ULL
+#define PC_MOUNT_ATTR_NOEXEC 0x00000008ULL
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+
 /* mkdir in a directory of the scratch tmpfs, which only pycontain fills. */
 static int make_dir_at(int dir, const char *name, mode_t mode, struct pc_error *err)
 {
@@ -216,6 +227,23 @@ int pc_rootfs_mount_proc(struct pc_root *root, struct pc_error *err)
     return rc;
 }
 
+/* Every mount of the tree at `fd` read-only, nosuid, nodev, noexec: the
+ * host's /sys comes with submounts (cgroup hierarchies, tracing, ...) that a
+ * remount of its top would leave writable. mount_setattr (Linux 5.12) sets
+ * them all at once; it only adds flags, so the ones a user namespace locks
+ * (the source's atime mode) are kept. */
+static int make_tree_read_only(int fd)
+{
+    struct {
+        unsigned long long attr_set, attr_clr, propagation, userns_fd;
+    } attr = {PC_MOUNT_ATTR_RDONLY | PC_MOUNT_ATTR_NOSUID | PC_MOUNT_ATTR_NODEV |
+                  PC_MOUNT_ATTR_NOEXEC,
+              0, 0, 0};
+
+    return (int)syscall(PC_SYS_mount_setattr, fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr,
+                        sizeof attr);
+}
+
 int pc_rootfs_mount_sys(const struct pc_spawn_request *request, const struct pc_root *root,
                         struct pc_error *err)
 {
@@ -236,10 +264,7 @@ int pc_rootfs_mount_sys(const struct pc_spawn_request *request, const struct pc_
     sys = open_mount_root(root->fd, "/sys", SYSFS_MAGIC, root->force_walk);
     if (sys < 0)
         return pc_fail(err, PC_STEP_MOUNT_SYS, errno, "/sys");
-    if (host_sys &&
-        pc_mount_on_fd(NULL, sys, NULL,
-                       MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                       NULL) < 0) {
+    if (host_sys && make_tree_read_only(sys) < 0) {
         rc = errno;
         pc_close_nocancel(sys);
         return pc_fail(err, PC_STEP_MOUNT_SYS, rc, "/sys");

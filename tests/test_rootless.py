@@ -252,6 +252,21 @@ def test_the_hosts_network_binds_the_hosts_sys(rootfs):
     assert sorted(done.stdout.split()) == sorted(os.listdir("/sys/class/net"))
 
 
+def test_the_hosts_sys_is_read_only_with_every_submount(rootfs):
+    # The host's /sys has submounts (cgroup hierarchies, tracing, ...):
+    # each must be read-only too, or the program could write host state.
+    done = run_sh("cat /proc/self/mountinfo", [rootfs], network="host")
+    assert done.returncode == 0, done.stderr
+    below_sys = [
+        line.split()
+        for line in done.stdout.splitlines()
+        if line.split()[4] == "/sys" or line.split()[4].startswith("/sys/")
+    ]
+    assert len(below_sys) > 1  # /sys and what is mounted below it
+    for fields in below_sys:
+        assert {"ro", "nosuid", "nodev", "noexec"} <= set(fields[5].split(",")), fields
+
+
 def test_exec_failures_stay_precise(rootfs, tmp_path):
     layer = tmp_path / "layer"
     layer.mkdir()
