@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
-from . import _cgroup, _container, _core, _lifecycle, _netns, _spawn
+from . import _cgroup, _container, _core, _lifecycle, _netns, _privileges, _spawn
 from ._container import (
     CallProgramSettings,
     Container,
@@ -64,6 +64,8 @@ _MAX_FDS = 250
 _MAX_SIZE = 128 * 1024
 _HEADER = struct.Struct("=6IQ")
 _HEADER_SIZE = _HEADER.size + 4 * _MAX_FDS
+
+_CAP_SYS_NICE = 23
 
 # How much nicer than the pool's maker the refill thread runs, so that a
 # sustained load is served first; each entry's child sets its niceness back
@@ -362,7 +364,12 @@ class Pool:
                 return None
             # One that died while it waited is skipped: its pidfd tells, or
             # the send fails on the closed socket.
-            if entry.alive() and self._send(entry, payload, fds):
+            try:
+                sent = entry.alive() and self._send(entry, payload, fds)
+            except BaseException:  # KeyboardInterrupt, say: the entry is ours to end
+                entry.discard()
+                raise
+            if sent:
                 break
             self._discard(entry)
         try:
@@ -422,8 +429,11 @@ class Pool:
 
     def _discard(self, entry: _Entry) -> None:
         with self._lock:
-            self._discarded.append(entry)
-            self._changed.notify()
+            if not self._closed:  # the refill thread ends it
+                self._discarded.append(entry)
+                self._changed.notify()
+                return
+        entry.discard()  # closed: no refill thread is left to
 
     # -- the refill thread ---------------------------------------------------
 
@@ -439,10 +449,15 @@ class Pool:
     def _lower_priority(self) -> int | None:
         """This thread 10 nicer (PRIO_PROCESS of a thread id: this thread only);
         the niceness each entry's child sets back (csrc/priority.c), or None.
-        Not in rootless mode: setting a niceness back needs CAP_SYS_NICE on the
-        host, which a user namespace does not give, so there the refill runs at
-        the maker's priority (and the programs have it)."""
+        Not in rootless mode, nor without CAP_SYS_NICE: setting a niceness back
+        needs CAP_SYS_NICE on the host (which a user namespace does not give),
+        so there the refill runs at the maker's priority (and the programs
+        have it)."""
         if self.container._plan.userns:
+            return None
+        if not _privileges.effective_capabilities() >> _CAP_SYS_NICE & 1:
+            # Nor without CAP_SYS_NICE (Docker's default set lacks it): the
+            # entries could not set the niceness back either.
             return None
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice + _REFILL_NICE)
@@ -502,7 +517,7 @@ class Pool:
         with _in_flight_guard:
             _in_flight.add(theirs)
         try:
-            if container.netns_pool:
+            if plan.netns_pool:  # not container's: rootless mode bypasses the pool
                 _netns.ensure_pool()
             if plan.limits is not None:
                 cgroup = _cgroup.create(plan.limits)
@@ -685,6 +700,7 @@ def _refill(ref: weakref.ref[Pool]) -> None:
             pool.refill_error = error
             retry_at = time.monotonic() + _RETRY_SECONDS
             continue
+        pool.refill_error = None  # fill() raises only a failure that lasts
         if not pool._add_entry(entry):
             return
 
@@ -706,7 +722,9 @@ def _nofile_limit(container: Container) -> int:
     for number, soft, _ in container._plan.settings.rlimits:
         if number == resource.RLIMIT_NOFILE:
             return soft
-    return sys.maxsize
+    # Without rlimits= the entries inherit this process's own.
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return sys.maxsize if soft == resource.RLIM_INFINITY else soft
 
 
 def _signal_mask() -> int:

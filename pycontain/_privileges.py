@@ -120,6 +120,18 @@ def caller_capabilities() -> int:
     return (1 << (last_capability() + 1)) - 1
 
 
+def effective_capabilities() -> int:
+    """This process's effective capabilities, read now (0 if unreadable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def capability_number(name: object) -> int:
     if not isinstance(name, str):
         raise TypeError(

@@ -818,6 +818,13 @@ def _translate(prepared: Prepared, step: str, err: int, detail: bytes) -> Except
         strerror = f"{os.strerror(err)} (the kernel refused the seccomp filter as a BPF program)"
     elif step == "clone" and prepared.plan.userns:
         strerror = _userns.clone_refusal(err)
+    elif step == "userns-map" and err == errno.EACCES and not _userns.own_proc_files():
+        strerror = (
+            f"{os.strerror(err)} (this process changed its uid without an exec since, so the "
+            "kernel made it non-dumpable: its /proc files are root's, and the container cannot "
+            "write its id map there; exec a new program after dropping root, or make the "
+            "process dumpable again with prctl(PR_SET_DUMPABLE, 1))"
+        )
     elif step == "userns-map":
         strerror = (
             f"{os.strerror(err)} (writing the container's user namespace's id map, which maps "

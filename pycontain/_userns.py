@@ -48,12 +48,17 @@ _proc_sys = "/proc/sys"
 _kernel_release: str | None = None
 
 
-@functools.cache
 def caller_has_sys_admin() -> bool:
     """Whether this process's *effective* set has CAP_SYS_ADMIN (what the kernel
     asks for to make namespaces; a root process may have dropped it). Read
-    once, as _privileges.caller_capabilities: if it changes later, the clone
-    says so."""
+    once per effective uid (a process that switches uid, a worker dropping
+    root, reads it again); a capset() that keeps the uid is not seen, and the
+    clone says so."""
+    return _has_sys_admin(os.geteuid())
+
+
+@functools.cache
+def _has_sys_admin(euid: int) -> bool:
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -69,6 +74,16 @@ def resolve(userns: object) -> bool:
     if userns is not None and not isinstance(userns, bool):
         raise TypeError(f"userns must be True, False or None (automatic), not {userns!r}")
     return not caller_has_sys_admin() if userns is None else userns
+
+
+def own_proc_files() -> bool:
+    """Whether this process's /proc files are its own. They are root's after
+    a change of uid without an exec (the kernel makes such a process
+    non-dumpable), and then a container cannot write its id maps."""
+    try:
+        return os.stat("/proc/self/uid_map").st_uid == os.geteuid()
+    except OSError:
+        return True
 
 
 def maps() -> tuple[bytes, bytes]:

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -550,6 +551,64 @@ def test_a_dropped_pool_is_closed(rootfs, no_leaks):
     thread.join(TIMEOUT)
     assert not thread.is_alive()
     assert all(is_gone(pid) for pid in waiting)
+
+
+def _pool_script(script: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_fds_above_the_inherited_nofile_limit_go_cold(rootfs):
+    # Without rlimits= an entry has this process's RLIMIT_NOFILE: an fd the
+    # program must have above it cannot be placed there, so the spawn goes
+    # cold (where the parent, before its exec, is not bound by it).
+    out = _pool_script(
+        "import os, resource, pycontain\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(7)[1]))\n"
+        f"with pycontain.Pool(layers=[{rootfs!r}], size=1) as pool:\n"
+        "    assert pool.fill(30)\n"
+        "    os.dup2(1, 60)\n"
+        "    done = pool.run(['/bin/true'], pass_fds=(60,), env={})\n"
+        "    print(done.returncode, pool.warm_spawns, pool.cold_spawns)\n"
+    )
+    assert out.split() == ["0", "0", "1"]
+
+
+@pytest.mark.needs_root("dropping CAP_SYS_NICE from the bounding set (setpriv) needs root")
+def test_without_cap_sys_nice_the_refill_keeps_the_makers_priority(rootfs):
+    # The entries could not set a lowered niceness back: the refill thread is
+    # not lowered, and the pool still serves warm spawns.
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("util-linux's setpriv is missing")
+    script = (
+        "import os, pycontain\n"
+        f"with pycontain.Pool(layers=[{rootfs!r}], size=1) as pool:\n"
+        "    assert pool.fill(30), pool.refill_error\n"
+        "    done = pool.run(['/bin/true'], env={})\n"
+        "    refill = os.getpriority(os.PRIO_PROCESS, pool._thread.native_id)\n"
+        "    print(done.returncode, pool.warm_spawns, refill == os.getpriority(0, 0))\n"
+    )
+    done = subprocess.run(
+        [
+            setpriv,
+            "--bounding-set",
+            "-sys_nice",
+            "--inh-caps",
+            "-sys_nice",
+            sys.executable,
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "1", "True"]
 
 
 def test_pools_dropped_while_refilling_are_closed(rootfs):

@@ -495,3 +495,34 @@ def test_a_map_the_kernel_refuses_is_a_precise_spawn_error(rootfs, monkeypatch, 
     assert (caught.value.step, caught.value.errno) == ("userns-map", errno.EINVAL)
     assert caught.value.filename == "/proc/self/uid_map"
     assert "id map" in str(caught.value)
+
+
+@pytest.mark.needs_root("switching to another uid needs root")
+def test_a_process_that_drops_root_later_gets_rootless_mode(shared):
+    # Whether the caller may make namespaces is read once per effective uid:
+    # a worker that drops root after a first container gets rootless mode.
+    rootfs = os.path.join(shared, "root")
+    script = (
+        "import os, pycontain\n"
+        "from pycontain import _userns\n"
+        f"first = pycontain.Container(layers=[{rootfs!r}])\n"
+        f"os.setgroups([]); os.setresgid({UNPRIVILEGED}, {UNPRIVILEGED}, {UNPRIVILEGED})\n"
+        f"os.setresuid({UNPRIVILEGED}, {UNPRIVILEGED}, {UNPRIVILEGED})\n"
+        f"second = pycontain.Container(layers=[{rootfs!r}])\n"
+        "print(first._plan.userns, second._plan.userns)\n"
+        # Without an exec since the setuid, the kernel keeps its /proc files
+        # root's: the spawn says why it cannot write the id maps.
+        "try:\n"
+        "    second.run(['/bin/true'], env={})\n"
+        "except pycontain.SpawnPermissionError as error:\n"
+        "    print(error.step, 'non-dumpable' in str(error))\n"
+        "import ctypes\n"
+        "ctypes.CDLL(None, use_errno=True).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE\n"
+        "done = second.run(['/bin/id', '-u'], capture_output=True, text=True, env={})\n"
+        "print(done.returncode, done.stdout.strip())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "userns-map", "True", "0", "0"]
