@@ -66,6 +66,12 @@ Candidates, each timed as the wall time of spawn + wait of busybox ``true``:
    ``pycontain.Pool(layers=[ROOT], size=4)``: the container was made ahead
    of time and waits for the program (bench/pool.py; refilled, untimed,
    after each timing). Shown when pycontain has ``Pool``.
+10. ``os.posix_spawn + waitpid (floor)``: the program alone, with next to no
+   Python around it: what any way of running it pays, so the bound on how
+   far below subprocess.run a warm spawn can go.
+
+``--only warm,floor`` times only the candidates whose names contain one of
+the parts (and subprocess.run), prints the latency table and stops.
 
 Phases:
 
@@ -227,6 +233,10 @@ def print_machine_info(pycontain: ModuleType, bwrap: str | None, bwrap_mode: str
 # -- candidates ------------------------------------------------------------
 
 
+SUBPROCESS = "subprocess.run (no isolation)"
+POSIX_SPAWN = "os.posix_spawn + waitpid (floor)"
+
+
 @dataclass
 class Candidate:
     name: str
@@ -262,6 +272,18 @@ def subprocess_candidate(name: str, argv: list[str]) -> Candidate:
         return None
 
     return Candidate(name, " ".join(argv), spawn, verify)
+
+
+def posix_spawn_candidate(root: Path) -> Candidate:
+    """The program alone with (next to) no Python: any path that runs it pays
+    at least this, so it bounds how far below subprocess.run a spawn can go."""
+    true = str(root / "bin" / "true")
+
+    def spawn() -> int:
+        return os.waitstatus_to_exitcode(os.waitpid(os.posix_spawn(true, [true], {}), 0)[1])
+
+    command = "os.waitpid(os.posix_spawn(ROOT/bin/true, [...], {}), 0)"
+    return Candidate(POSIX_SPAWN, command, spawn, verify_spawn(spawn))
 
 
 def pycontain_candidate(
@@ -465,8 +487,9 @@ def make_candidates(
     candidates: list[Candidate] = []
     unavailable: list[Unavailable] = []
     candidates.append(
-        subprocess_candidate("subprocess.run (no isolation)", [str(root / "bin" / "true")])
+        subprocess_candidate(SUBPROCESS, [str(root / "bin" / "true")])
     )
+    candidates.append(posix_spawn_candidate(root))
     candidates.append(pycontain_candidate(pycontain, "pycontain.Process (default)", root, {}))
     if hasattr(pycontain, "Container"):
         candidates.append(container_candidate(pycontain, "pycontain, one Container", root))
@@ -570,7 +593,7 @@ def print_latency(
     candidates: list[Candidate], unavailable: list[Unavailable], rounds: int, warmup: int
 ) -> None:
     medians = {c.name: statistics.median(c.samples) for c in candidates}
-    floor = medians.get("subprocess.run (no isolation)")
+    floor = medians.get(SUBPROCESS)
     bwrap = next((medians[c.name] for c in candidates if c.name.startswith("bwrap")), None)
     print(
         f"== Latency: spawn + wait of busybox true ({rounds} rounds,"
@@ -1041,6 +1064,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="defaults of 60 rounds, 1 s throughput, 500 soak"
     )
+    parser.add_argument(
+        "--only",
+        metavar="NAMES",
+        help="comma-separated parts of candidate names (case-insensitive): time only the"
+        " candidates whose name contains one of them (subprocess.run always), print the"
+        " latency table and stop",
+    )
     args = parser.parse_args(argv)
     defaults = (60, 5, 500, 1.0) if args.quick else (300, 20, 10_000, 3.0)
     for name, default in zip(
@@ -1089,12 +1119,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if pool_phases.has_pool(pycontain):
             warm, pool = warm_pool_candidate(pycontain, root)
             candidates.append(warm)
+        if args.only:
+            wanted = [part.strip().lower() for part in args.only.split(",") if part.strip()]
+            candidates = [
+                c
+                for c in candidates
+                if c.name == SUBPROCESS or any(part in c.name.lower() for part in wanted)
+            ]
+            unavailable = []
         candidates = verify_candidates(candidates, unavailable)
         if not candidates:
             print("spawn.py: no candidate works")
             return 1
         measure_latency(candidates, args.rounds, args.warmup, random.Random(args.seed))
         print_latency(candidates, unavailable, args.rounds, args.warmup)
+        if args.only:
+            if pool is not None:
+                pool.close()  # type: ignore[attr-defined]
+            return 0
         measure_preparation(pycontain, root, max(20, args.rounds // 5))
         run_throughput(candidates, args.throughput_seconds)
         if pool is not None:
