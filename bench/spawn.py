@@ -486,9 +486,7 @@ def make_candidates(
 ) -> tuple[list[Candidate], list[Unavailable]]:
     candidates: list[Candidate] = []
     unavailable: list[Unavailable] = []
-    candidates.append(
-        subprocess_candidate(SUBPROCESS, [str(root / "bin" / "true")])
-    )
+    candidates.append(subprocess_candidate(SUBPROCESS, [str(root / "bin" / "true")]))
     candidates.append(posix_spawn_candidate(root))
     candidates.append(pycontain_candidate(pycontain, "pycontain.Process (default)", root, {}))
     if hasattr(pycontain, "Container"):

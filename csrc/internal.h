@@ -56,13 +56,24 @@ enum pc_message_kind {
     PC_MESSAGE_UPPER,        /* on request->upper_socket: carries the upper's fd */
     /* From the init (init/init.c), on its status pipe, not the error pipe: */
     PC_MESSAGE_EXEC_OK, /* the program has been exec'd */
-    PC_MESSAGE_STATUS,  /* value: the program's wait status; the init exits next */
+    PC_MESSAGE_STATUS,  /* value: the program's wait status, usage: the init's
+                         * RUSAGE_CHILDREN (every process of the container, all
+                         * reaped); the init exits next */
+};
+
+/* The kernel's struct rusage (64-bit: timevals of two longs). */
+struct pc_usage {
+    int64_t utime_sec, utime_usec, stime_sec, stime_usec;
+    int64_t counters[14]; /* ru_maxrss .. ru_nivcsw, in struct rusage's order */
 };
 
 struct pc_message {
     int32_t kind;
     int32_t value;
-    struct pc_error error;
+    union {
+        struct pc_error error;
+        struct pc_usage usage; /* PC_MESSAGE_STATUS only */
+    };
 };
 
 /* A warm pool entry's request (pycontain/_pool.py to init/waiting.c): one

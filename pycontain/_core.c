@@ -875,6 +875,8 @@ done:
     return result;
 }
 
+_Static_assert(sizeof(struct pc_usage) == sizeof(struct rusage), "pc_usage is the kernel's rusage");
+
 /* One message of the init's status pipe (init/init.c), read without
  * blocking (the pipe is O_NONBLOCK): None when nothing is there yet. */
 static PyObject *core_read_message(PyObject *module, PyObject *arg)
@@ -898,10 +900,22 @@ static PyObject *core_read_message(PyObject *module, PyObject *arg)
         errno = EIO;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    if (message.kind == PC_MESSAGE_STATUS) {
+        const struct pc_usage *u = &message.usage;
+        const int64_t *c = u->counters;
+
+        return Py_BuildValue("(iisiyi(ddLLLLLLLLLLLLLL))", (int)message.kind, (int)message.value,
+                             "", 0, "", 0, (double)u->utime_sec + (double)u->utime_usec * 1e-6,
+                             (double)u->stime_sec + (double)u->stime_usec * 1e-6, (long long)c[0],
+                             (long long)c[1], (long long)c[2], (long long)c[3], (long long)c[4],
+                             (long long)c[5], (long long)c[6], (long long)c[7], (long long)c[8],
+                             (long long)c[9], (long long)c[10], (long long)c[11], (long long)c[12],
+                             (long long)c[13]);
+    }
     message.error.detail[PC_DETAIL_MAX - 1] = '\0';
-    return Py_BuildValue("(iisiyi)", (int)message.kind, (int)message.value,
+    return Py_BuildValue("(iisiyiO)", (int)message.kind, (int)message.value,
                          pc_step_name(message.error.step), (int)message.error.err,
-                         message.error.detail, (int)message.error.status);
+                         message.error.detail, (int)message.error.status, Py_None);
 }
 
 static PyObject *core_step_names(PyObject *module, PyObject *unused)
@@ -1024,8 +1038,11 @@ static PyMethodDef core_methods[] = {
      "netns_pool([size]) -> (size, ready, errno, handed_out): configure (size >= 0) and\n"
      "report the pool"},
     {"read_message", core_read_message, METH_O,
-     "read_message(fd) -> None | (kind, value, step, errno, detail, status): one message of\n"
-     "the init's status pipe, without blocking (kind 0: end of file)"},
+     "read_message(fd) -> None | (kind, value, step, errno, detail, status, usage): one message "
+     "of\n"
+     "the init's status pipe, without blocking (kind 0: end of file); usage: for a\n"
+     "MESSAGE_STATUS the rusage fields of every process of the container (as wait_pidfd's),\n"
+     "else None"},
     {"step_names", core_step_names, METH_NOARGS, "step_names() -> tuple of every step's name"},
     {"spawn", (PyCFunction)(void (*)(void))core_spawn, METH_VARARGS | METH_KEYWORDS, spawn_doc},
     {"_clear_sighand_supported", core_clear_sighand_supported, METH_NOARGS,

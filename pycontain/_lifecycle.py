@@ -241,7 +241,7 @@ def await_program(
     while True:
         message = _core.read_message(status_read)
         if message is not None:
-            kind, _, step, err, detail, _ = message
+            kind, _, step, err, detail, _, _ = message
             if kind == _core.MESSAGE_EXEC_OK:
                 return None
             if kind == _core.MESSAGE_ERROR:

@@ -255,6 +255,10 @@ class Pool:
         self._changed = threading.Condition(self._lock)
         self._ready: deque[_Entry] = deque()
         self._discarded: list[_Entry] = []
+        # Pidfds of inits whose warm Process ended on their status message
+        # (Process._take_status_locked) and that had not exited yet: reaped
+        # by the refill thread, and at the latest by close().
+        self._unreaped: list[int] = []
         self._thread: threading.Thread | None = None
         self._last_take = 0.0
 
@@ -427,6 +431,15 @@ class Pool:
             return False
         return True
 
+    def _reap_later(self, pidfd: int) -> None:
+        """Take over an exiting init's pidfd (a warm Process's wait() ended on
+        its status message); reap it now if this pool can no longer."""
+        with self._lock:
+            if not self._closed and self._pid == os.getpid():
+                self._unreaped.append(pidfd)
+                return
+        _reap(pidfd)
+
     def _discard(self, entry: _Entry) -> None:
         with self._lock:
             if not self._closed:  # the refill thread ends it
@@ -471,7 +484,7 @@ class Pool:
         self._expire_locked()
         if self._closed or self._pid != os.getpid():
             return "stop"
-        if self._discarded:
+        if self._discarded or self._unreaped:
             return "discard"
         # Not during a burst of spawns: after it.
         start_at = max(retry_at, self._last_take + _REFILL_DELAY)
@@ -598,6 +611,9 @@ class Pool:
         with self._lock:  # what the thread put there as it stopped
             entries += self._discarded
             self._discarded = []
+            unreaped, self._unreaped = self._unreaped, []
+        for fd in unreaped:
+            _reap(fd)
         # Every init sees its request socket end first, so they exit together.
         for entry in entries:
             entry.close_request()
@@ -608,6 +624,8 @@ class Pool:
         """In a forked child: the parent's entries are not ours to use or kill."""
         for entry in [*self._ready, *self._discarded]:
             entry.forget()
+        for fd in self._unreaped:  # the parent's children, not ours to reap
+            os.close(fd)
         self._reset()
 
     def __enter__(self) -> Pool:
@@ -658,7 +676,7 @@ def _await_exec(
             message = _core.read_message(fd)
             if message is None:
                 continue
-            kind, _, step, err, detail, _ = message
+            kind, _, step, err, detail, _, _ = message
             if kind == 0:
                 return None
             if kind == _core.MESSAGE_ERROR:
@@ -681,6 +699,7 @@ def _refill(ref: weakref.ref[Pool]) -> None:
             todo = pool._refill_next_locked(retry_at)
             if todo == "discard":
                 discarded, pool._discarded = pool._discarded, []
+                unreaped, pool._unreaped = pool._unreaped, []
             elif isinstance(todo, float):
                 del pool  # not held while it waits
                 changed.wait(todo)
@@ -691,6 +710,8 @@ def _refill(ref: weakref.ref[Pool]) -> None:
         if todo == "stop":
             return
         if todo == "discard":
+            for fd in unreaped:
+                _reap(fd)
             for entry in discarded:
                 entry.discard()
             continue
@@ -703,6 +724,16 @@ def _refill(ref: weakref.ref[Pool]) -> None:
         pool.refill_error = None  # fill() raises only a failure that lasts
         if not pool._add_entry(entry):
             return
+
+
+def _reap(pidfd: int) -> None:
+    """Reap an exiting init (Pool._reap_later) and close its pidfd."""
+    try:
+        _core.wait_pidfd(pidfd, os.WEXITED)
+    except ChildProcessError:
+        pass  # reaped behind our back (SIGCHLD ignored)
+    finally:
+        os.close(pidfd)
 
 
 def _after_fork_in_child() -> None:

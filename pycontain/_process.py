@@ -116,6 +116,12 @@ class Process:
     oom_killed: bool | None = None
     _started: float | None = None
     _ended: float | None = None
+    # A warm Process without limits= (pycontain/_pool.py): wait() ends on the
+    # init's status message, once the container has no process left but the
+    # init, which is exiting; its reap is then the pool's (_init_exiting).
+    _status_first: bool = False
+    _init_exiting: bool = False
+    _reaper: _pool.Pool | None = None
 
     def __init__(
         self,
@@ -228,6 +234,8 @@ class Process:
                     self._cgroup,
                     self._kept_upper,
                 ) = entry.started()
+                if self._cgroup is None:  # a cgroup's accounting needs the init gone
+                    self._status_first, self._reaper = True, _pool
                 streams.close_child_ends()
                 self._wrap_streams(streams, encoding, errors, bufsize)
                 return
@@ -331,8 +339,10 @@ class Process:
         try:
             while True:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                # A pidfd polls readable once the process has exited.
-                if _readable(fd, remaining):
+                # A pidfd polls readable once the process has exited; a warm
+                # Process's status pipe when the init reports (or ends).
+                watched = self._status_fd if self._status_first else fd
+                if _readable(watched, remaining):
                     with self._lock:
                         code = self._reap_locked(fd)
                     if code is not None:
@@ -355,6 +365,9 @@ class Process:
             self._close_if_done_locked()
 
     def _reap_locked(self, fd: int) -> int | None:
+        if self.returncode is None and self._status_first and self._take_status_locked(fd):
+            self._ended = time.monotonic()
+            self._close_if_done_locked()
         if self.returncode is None:
             try:
                 reaped = _core.wait_pidfd(fd, os.WEXITED | os.WNOHANG)
@@ -377,6 +390,32 @@ class Process:
             self._close_if_done_locked()
         return self.returncode
 
+    def _take_status_locked(self, pidfd: int) -> bool:
+        """A warm Process: the program's status and rusage from the init's
+        message, sent once every other process of the container has been
+        killed and reaped; True once taken. The init's end of file without
+        one (it was killed) falls back to reaping the init."""
+        while True:
+            try:
+                message = _core.read_message(self._status_fd)
+            except OSError:
+                message = (0, 0, "", 0, b"", 0, None)
+            if message is None:
+                return False
+            if message[0] == 0:
+                self._status_first = False
+                return False
+            if message[0] == _core.MESSAGE_STATUS and message[6] is not None:
+                break
+        self.returncode = os.waitstatus_to_exitcode(message[1])
+        self.rusage = resource.struct_rusage(message[6])
+        try:
+            # Exiting now: most often already gone by the time we get here.
+            self._init_exiting = _core.wait_pidfd(pidfd, os.WEXITED | os.WNOHANG) is None
+        except ChildProcessError:
+            pass  # reaped behind our back
+        return True
+
     def _finish_cgroup(self) -> None:
         # Every process of the container is gone once its PID 1 is reaped.
         cgroup, self._cgroup = self._cgroup, None
@@ -388,7 +427,10 @@ class Process:
 
     def _close_if_done_locked(self) -> None:
         if self.returncode is not None and self._users == 0 and self._pidfd >= 0:
-            os.close(self._pidfd)
+            if self._init_exiting and self._reaper is not None:
+                self._reaper._reap_later(self._pidfd)  # it owns the pidfd now
+            else:
+                os.close(self._pidfd)
             self._pidfd = -1
             if self._status_fd >= 0:
                 os.close(self._status_fd)

@@ -649,3 +649,81 @@ def test_spawns_from_several_threads(rootfs, no_leaks):
             thread.join(TIMEOUT * 4)
         assert pool.warm_spawns + pool.cold_spawns == 80 and pool.warm_spawns > 0
     assert codes == [0] * 80
+
+
+# -- wait() ends on the init's status message ------------------------------------------
+
+
+def processes_running(argv: list[bytes]) -> list[int]:
+    """The pids of this machine's processes whose argv is ``argv``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if f.read().split(b"\0")[:-1] == argv:
+                        found.append(int(name))
+            except OSError:
+                pass  # gone meanwhile
+    return found
+
+
+def test_a_warm_wait_ends_with_the_container_emptied_and_its_rusage(rootfs):
+    # A background process the program leaves behind, and CPU time spent.
+    script = "sleep 97531 & i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; exit 3"
+    with full_pool(rootfs, size=1) as pool:
+        process = pool.spawn(["/bin/sh", "-c", script], env=BB_ENV)
+        assert process.wait(TIMEOUT) == 3 and pool.warm_spawns == 1
+        # wait() may return before the init's own exit, never before the
+        # init has killed and reaped every other process of the container.
+        assert processes_running([b"sleep", b"97531"]) == []
+        assert process.rusage is not None
+        assert process.rusage.ru_utime + process.rusage.ru_stime > 0
+        process.close()
+
+
+@pytest.mark.parametrize(
+    ("script", "code"), [("exit 0", 0), ("exit 42", 42), ("kill -TERM $$", -signal.SIGTERM)]
+)
+def test_a_warm_returncode_is_a_cold_ones(rootfs, script, code):
+    with full_pool(rootfs, size=1) as pool:
+        assert warm_run(pool, ["/bin/sh", "-c", script]).returncode == code
+        assert pool.container.run(["/bin/sh", "-c", script], env=BB_ENV).returncode == code
+
+
+def test_a_killed_warm_process_is_reaped_as_a_cold_one(rootfs, no_leaks):
+    # Its init dies without a status message: wait() reaps it instead.
+    with full_pool(rootfs, size=1) as pool:
+        process = pool.spawn(["/bin/sleep", "100"], env=BB_ENV)
+        assert pool.warm_spawns == 1
+        process.kill()
+        assert process.wait(TIMEOUT) == -signal.SIGKILL
+        assert is_gone(process.pid)
+        process.close()
+
+
+def test_exiting_inits_are_reaped_without_close_and_at_close(rootfs, no_leaks):
+    with full_pool(rootfs, size=4) as pool:
+        inits = []
+        for _ in range(8):
+            pool.fill(TIMEOUT)
+            process = pool.spawn(["/bin/true"], env=BB_ENV)
+            assert process.wait(TIMEOUT) == 0
+            inits.append(process.pid)
+            if len(inits) % 2:
+                process.close()
+            del process  # the others only dropped
+        assert pool.warm_spawns == 8
+        # The pool's refill thread reaps what was still exiting at wait().
+        assert wait_until(lambda: all(is_gone(pid) for pid in inits), TIMEOUT)
+        # And close() reaps what is left of them at once: a child of our own,
+        # exiting after the pool took it over.
+        child = subprocess.Popen(["sleep", "0.3"])
+        pool._reap_later(os.pidfd_open(child.pid))
+    assert is_gone(child.pid)
+    child.returncode = 0  # reaped by the pool, not by Popen
+    # After close(), a pidfd handed over is reaped where it is handed.
+    child = subprocess.Popen(["sleep", "0.1"])
+    pool._reap_later(os.pidfd_open(child.pid))
+    assert is_gone(child.pid)
+    child.returncode = 0

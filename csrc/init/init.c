@@ -43,6 +43,7 @@
 #include <stdint.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <time.h>
 #include <sys/wait.h>
@@ -112,6 +113,22 @@ static void send_message(int fd, int kind, int value, const struct pc_error *err
         message.error = *error;
     /* One write of less than PIPE_BUF: atomic. If it fails, the parent is
      * gone and there is no one to tell. */
+    sys3(SYS_write, fd, &message, sizeof message);
+}
+
+/* The program's wait status, with what every process of the container
+ * used: the container has no process left but this one, so a warm Process
+ * (pycontain/_pool.py) may end its wait() here, before this init's exit. */
+static void send_status(int fd, int status)
+{
+    struct pc_message message;
+
+    memset(&message, 0, sizeof message);
+    message.kind = PC_MESSAGE_STATUS;
+    message.value = status;
+    /* The kernel's struct rusage is struct pc_usage (64-bit). */
+    if (sys2(SYS_getrusage, RUSAGE_CHILDREN, &message.usage) < 0)
+        memset(&message.usage, 0, sizeof message.usage);
     sys3(SYS_write, fd, &message, sizeof message);
 }
 
@@ -318,7 +335,7 @@ static void reap(long program, int status_fd)
          * rusage (the init's children's times add up in its own). */
         while (sys4(SYS_wait4, -1, 0, __WALL, 0) > 0)
             ;
-        send_message(status_fd, PC_MESSAGE_STATUS, status, NULL);
+        send_status(status_fd, status);
         exit_now(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
     }
 }
