@@ -460,6 +460,9 @@ class Process:
         """
         if self._communication is not None and input:
             raise ValueError("Cannot send input after starting communication")
+        if self._communication is None and self.stdin is self.stdout is self.stderr is None:
+            self.wait(timeout)  # nothing to send or read (as Popen)
+            return None, None
         if (
             timeout is None
             and self._communication is None

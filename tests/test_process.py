@@ -97,6 +97,18 @@ def test_pid_is_the_host_pid_of_the_containers_pid_1(rootfs, init):
         assert wait_until(lambda: cmdline(program) == b"/bin/sleep\x00100\x00")
 
 
+def test_communicate_without_pipes_only_waits(rootfs):
+    # As Popen: nothing to send or read, so communicate() is wait().
+    with start(rootfs, ["/bin/sleep", "100"]) as p:
+        with pytest.raises(pycontain.TimeoutExpired) as info:
+            p.communicate(timeout=0.2)
+        assert info.value.timeout == 0.2 and info.value.output is None
+        assert info.value.stderr is None and p.returncode is None
+        p.kill()
+        assert p.communicate() == (None, None) and p.returncode == -signal.SIGKILL
+        assert p.communicate(timeout=0) == (None, None)
+
+
 def test_wait_timeout(rootfs):
     args = ["/bin/sleep", "100"]
     with start(rootfs, args) as p:
