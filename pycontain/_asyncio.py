@@ -41,7 +41,8 @@ class AsyncProcess:
         self.stdout = stdout
         self.stderr = stderr
         self._exited: asyncio.Future[int] | None = None
-        self._watched_fd = -1
+        self._watched_fd = -1  # the pidfd, held (Process._use_pidfd) while watched
+        self._reader_fd = -1  # what the loop watches: the pidfd or the status pipe
 
     @property
     def pid(self) -> int:
@@ -91,15 +92,24 @@ class AsyncProcess:
                 self._exited.set_result(self._process.returncode)
             else:
                 self._watched_fd = fd
-                self._loop.add_reader(fd, self._on_pidfd_readable)
+                # A warm Process ends on the init's status message
+                # (Process._take_status_locked): watch its status pipe.
+                process = self._process
+                self._reader_fd = process._status_fd if process._status_first else fd
+                self._loop.add_reader(self._reader_fd, self._on_pidfd_readable)
         return self._exited
 
     def _on_pidfd_readable(self) -> None:
         code = self._process.poll()
         if code is None:
+            if self._reader_fd != self._watched_fd and not self._process._status_first:
+                # The init ended without a status (killed): its pidfd tells.
+                self._loop.remove_reader(self._reader_fd)
+                self._reader_fd = self._watched_fd
+                self._loop.add_reader(self._reader_fd, self._on_pidfd_readable)
             return
-        self._loop.remove_reader(self._watched_fd)
-        self._watched_fd = -1
+        self._loop.remove_reader(self._reader_fd)
+        self._watched_fd = self._reader_fd = -1
         self._process._release_pidfd()
         assert self._exited is not None
         if not self._exited.done():
@@ -110,8 +120,8 @@ class AsyncProcess:
         # with a wait pending): give the fd back so the Process can close it.
         if self._watched_fd >= 0:
             if not self._loop.is_closed():
-                self._loop.remove_reader(self._watched_fd)
-            self._watched_fd = -1
+                self._loop.remove_reader(self._reader_fd)
+            self._watched_fd = self._reader_fd = -1
             self._process._release_pidfd()
 
     async def wait(self) -> int:

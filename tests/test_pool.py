@@ -727,3 +727,22 @@ def test_exiting_inits_are_reaped_without_close_and_at_close(rootfs, no_leaks):
     pool._reap_later(os.pidfd_open(child.pid))
     assert is_gone(child.pid)
     child.returncode = 0
+
+
+def test_asyncio_wait_ends_on_the_status_or_on_a_killed_init(rootfs, no_leaks):
+    async def main(pool):
+        ended = await pool.create_subprocess_exec(
+            "/bin/sh", "-c", "sleep 97532 & exit 5", env=BB_ENV
+        )
+        code = await ended.wait()
+        # Waited for on the status pipe: the container emptied, the rusage set.
+        assert processes_running([b"sleep", b"97532"]) == []
+        assert ended.rusage is not None
+        pool.fill(TIMEOUT)
+        killed = await pool.create_subprocess_exec("/bin/sleep", "100", env=BB_ENV)
+        killed.kill()  # no status: the loop goes on to the init's pidfd
+        return code, await asyncio.wait_for(killed.wait(), TIMEOUT)
+
+    with full_pool(rootfs, size=1) as pool:
+        assert asyncio.run(main(pool)) == (5, -signal.SIGKILL)
+        assert pool.warm_spawns == 2
