@@ -746,3 +746,25 @@ def test_asyncio_wait_ends_on_the_status_or_on_a_killed_init(rootfs, no_leaks):
     with full_pool(rootfs, size=1) as pool:
         assert asyncio.run(main(pool)) == (5, -signal.SIGKILL)
         assert pool.warm_spawns == 2
+
+
+def test_a_fork_closes_its_copies_of_exiting_inits_pidfds(rootfs):
+    with full_pool(rootfs, size=1) as pool:
+        exiting = subprocess.Popen(["sleep", "0.2"])  # stands for an exiting init
+        with pool._lock:  # the refill thread cannot take it meanwhile
+            pidfd = os.pidfd_open(exiting.pid)
+            pool._reap_later(pidfd)
+            assert pool._unreaped == [pidfd]
+            child = os.fork()
+            if child == 0:  # pragma: no cover - the child reports by exit code
+                code = 1
+                try:
+                    os.fstat(pidfd)  # the parent's child: not ours to reap
+                except OSError:
+                    code = 0 if pool._unreaped == [] else 2
+                finally:
+                    os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    assert is_gone(exiting.pid)  # the parent's pool reaped it
+    exiting.returncode = 0
