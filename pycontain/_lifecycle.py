@@ -289,6 +289,17 @@ def end_init(pidfd: int) -> None:
             return
 
 
+def reap_exiting(pidfd: int) -> None:
+    """Reap an init that has sent its status and is exiting (a warm Process
+    whose wait() ended on that message: pycontain/_pool.py), and close its pidfd."""
+    try:
+        _core.wait_pidfd(pidfd, os.WEXITED)
+    except ChildProcessError:
+        pass  # reaped behind our back (SIGCHLD ignored)
+    finally:
+        os.close(pidfd)
+
+
 def program_returncode(status_read: int, init_code: int) -> int:
     """The program's returncode from the init's status message, after the
     init has been reaped; ``init_code`` (the init's own, e.g. -9 when it was

@@ -438,7 +438,7 @@ class Pool:
             if not self._closed and self._pid == os.getpid():
                 self._unreaped.append(pidfd)
                 return
-        _reap(pidfd)
+        _lifecycle.reap_exiting(pidfd)
 
     def _discard(self, entry: _Entry) -> None:
         with self._lock:
@@ -613,7 +613,7 @@ class Pool:
             self._discarded = []
             unreaped, self._unreaped = self._unreaped, []
         for fd in unreaped:
-            _reap(fd)
+            _lifecycle.reap_exiting(fd)
         # Every init sees its request socket end first, so they exit together.
         for entry in entries:
             entry.close_request()
@@ -711,7 +711,7 @@ def _refill(ref: weakref.ref[Pool]) -> None:
             return
         if todo == "discard":
             for fd in unreaped:
-                _reap(fd)
+                _lifecycle.reap_exiting(fd)
             for entry in discarded:
                 entry.discard()
             continue
@@ -724,16 +724,6 @@ def _refill(ref: weakref.ref[Pool]) -> None:
         pool.refill_error = None  # fill() raises only a failure that lasts
         if not pool._add_entry(entry):
             return
-
-
-def _reap(pidfd: int) -> None:
-    """Reap an exiting init (Pool._reap_later) and close its pidfd."""
-    try:
-        _core.wait_pidfd(pidfd, os.WEXITED)
-    except ChildProcessError:
-        pass  # reaped behind our back (SIGCHLD ignored)
-    finally:
-        os.close(pidfd)
 
 
 def _after_fork_in_child() -> None:

@@ -15,6 +15,7 @@ import threading
 import time
 import types
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Literal, Unpack, overload
@@ -121,7 +122,8 @@ class Process:
     # init, which is exiting; its reap is then the pool's (_init_exiting).
     _status_first: bool = False
     _init_exiting: bool = False
-    _reaper: _pool.Pool | None = None
+    # The pool, weakly: a Process does not keep its pool alive.
+    _reaper: weakref.ref[_pool.Pool] | None = None
 
     def __init__(
         self,
@@ -235,7 +237,7 @@ class Process:
                     self._kept_upper,
                 ) = entry.started()
                 if self._cgroup is None:  # a cgroup's accounting needs the init gone
-                    self._status_first, self._reaper = True, _pool
+                    self._status_first, self._reaper = True, weakref.ref(_pool)
                 streams.close_child_ends()
                 self._wrap_streams(streams, encoding, errors, bufsize)
                 return
@@ -427,8 +429,11 @@ class Process:
 
     def _close_if_done_locked(self) -> None:
         if self.returncode is not None and self._users == 0 and self._pidfd >= 0:
-            if self._init_exiting and self._reaper is not None:
-                self._reaper._reap_later(self._pidfd)  # it owns the pidfd now
+            pool = None if self._reaper is None else self._reaper()
+            if self._init_exiting and pool is not None:
+                pool._reap_later(self._pidfd)  # it owns the pidfd now
+            elif self._init_exiting:
+                _lifecycle.reap_exiting(self._pidfd)  # the pool is gone: here
             else:
                 os.close(self._pidfd)
             self._pidfd = -1

@@ -768,3 +768,18 @@ def test_a_fork_closes_its_copies_of_exiting_inits_pidfds(rootfs):
         assert os.waitstatus_to_exitcode(status) == 0
     assert is_gone(exiting.pid)  # the parent's pool reaped it
     exiting.returncode = 0
+
+
+def test_a_warm_process_does_not_keep_its_pool_alive(rootfs, no_leaks):
+    pool = full_pool(rootfs, size=1)
+    thread = pool._thread
+    process = pool.spawn(["/bin/sleep", "100"], env=BB_ENV)
+    del pool  # dropped while its Process runs: collected and closed
+    gc.collect()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive()
+    process.terminate()  # the init forwards it: the program ends, the init reports
+    assert process.wait(TIMEOUT) == -signal.SIGTERM
+    init = process.pid
+    process.close()
+    assert is_gone(init)  # reaped here, with no pool to hand it to
