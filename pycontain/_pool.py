@@ -349,7 +349,7 @@ class Pool:
         """
         if self._closed:
             raise ValueError("spawn on a closed Pool")
-        if callbacks:
+        if callbacks or self._empty():
             self._count(cold=True)
             return None
         prepared = _spawn.prepare_program(
@@ -393,6 +393,19 @@ class Pool:
                 self.cold_spawns += 1
             else:
                 self.warm_spawns += 1
+
+    def _empty(self) -> bool:
+        """No entry ready: the spawn goes cold without building a request
+        first (under a sustained load the pool is empty most of the time).
+        Counts as an ask, as a take does: the refill waits for a pause."""
+        if self._pid != os.getpid():
+            return False  # _take forgets the parent's entries
+        with self._lock:
+            if self._ready:
+                return False
+            self._start_refill_locked()
+            self._last_take = time.monotonic()
+            return True
 
     def _take(self) -> _Entry | None:
         if self._pid != os.getpid():
