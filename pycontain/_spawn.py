@@ -261,7 +261,11 @@ def settings(
         checked.umask = umask
     if userns:
         _userns.check_settings(
-            uid=checked.uid, gid=checked.gid, groups=checked.groups, rlimits=checked.rlimits
+            uid=checked.uid,
+            gid=checked.gid,
+            groups=checked.groups,
+            rlimits=checked.rlimits,
+            host_network=network == "host",
         )
     return checked
 

@@ -97,8 +97,15 @@ def check_settings(
     gid: int,
     groups: Sequence[int] | None,
     rlimits: Sequence[tuple[int, int, int]],
+    host_network: bool = False,
 ) -> None:
     """Refuse, before anything is spawned, what a single-id user namespace cannot do."""
+    if host_network and _release() < (5, 12):
+        raise ValueError(
+            "network='host' in rootless mode (userns) binds the host's /sys, whose submounts "
+            "are made read-only with mount_setattr(2), which needs Linux >= 5.12; this kernel "
+            f"is {_kernel_release or os.uname().release}: use network='none', or run as root"
+        )
     for what, value in (("uid", uid), ("gid", gid)):
         if value not in (-1, 0):
             raise ValueError(

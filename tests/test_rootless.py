@@ -429,6 +429,11 @@ def test_an_old_kernel_is_named(rootfs, monkeypatch):
         pycontain.Container(layers=[rootfs], userns=True)
     monkeypatch.setattr(_userns, "_kernel_release", "5.11.0")
     pycontain.Container(layers=[rootfs], userns=True)
+    # The host's /sys with network="host" needs mount_setattr (5.12).
+    with pytest.raises(ValueError, match=r"Linux >= 5\.12; this kernel is 5\.11\.0"):
+        pycontain.Container(layers=[rootfs], userns=True, network="host")
+    monkeypatch.setattr(_userns, "_kernel_release", "5.12.0")
+    pycontain.Container(layers=[rootfs], userns=True, network="host")
 
 
 def test_clones_refusal_is_named(shared, user_python, tmp_path):
