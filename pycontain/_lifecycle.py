@@ -224,6 +224,17 @@ def plan(
     return InitPlan(init_fd, init_argv, keep, read_end, write_end)
 
 
+def poll_milliseconds(deadline: float | None, args: object, timeout: float | None) -> int:
+    """poll()'s timeout until ``deadline`` (time.monotonic; None: -1, no
+    end); TimeoutExpired(args, timeout) once it has passed."""
+    if deadline is None:
+        return -1
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutExpired(args, timeout)  # type: ignore[arg-type]
+    return min(math.ceil(left * 1000), 2**31 - 1)
+
+
 def await_program(
     status_read: int, pidfd: int, deadline: float | None, args: object, timeout: float | None
 ) -> tuple[str, int, bytes] | None:
@@ -251,13 +262,7 @@ def await_program(
             return "init", errno.EPROTO, b""
         if init_ended:
             return "init", errno.ECHILD, b""
-        milliseconds = -1
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutExpired(args, timeout)  # type: ignore[arg-type]
-            milliseconds = min(math.ceil(left * 1000), 2**31 - 1)
-        for fd, _ in poller.poll(milliseconds):
+        for fd, _ in poller.poll(poll_milliseconds(deadline, args, timeout)):
             if fd == pidfd:
                 init_ended = True  # one more read: its last message may be there
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import array
 import errno
-import math
 import os
 import resource
 import select
@@ -44,7 +43,6 @@ from ._container import (
     ProgramSettings,
     RunProgramSettings,
 )
-from ._errors import TimeoutExpired
 from ._io import Stream
 from ._spawn import Env, StrOrBytesPath
 
@@ -678,13 +676,7 @@ def _await_exec(
     poller.register(fd, select.POLLIN)
     try:
         while True:
-            milliseconds = -1
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutExpired(args, timeout)  # type: ignore[arg-type]
-                milliseconds = min(math.ceil(left * 1000), 2**31 - 1)
-            if not poller.poll(milliseconds):
+            if not poller.poll(_lifecycle.poll_milliseconds(deadline, args, timeout)):
                 continue
             message = _core.read_message(fd)
             if message is None:
