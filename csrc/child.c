@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "execsearch.h"
 #include "faults.h"
 #include "internal.h"
 #include "nocancel.h"
@@ -67,29 +68,15 @@ static int reset_signal_handlers(const struct pc_child_args *args, struct pc_err
 static int exec_program(const struct pc_spawn_request *request, struct pc_error *err)
 {
     const char *const *paths = request->exec_paths;
-    const char *failed_path = paths[0];
-    int failed_errno = ENOENT;
+    struct pc_exec_search search;
 
+    pc_exec_search_start(&search, paths[0]);
     for (size_t i = 0; paths[i] != NULL; i++) {
         execve(paths[i], request->argv, request->envp);
-        switch (errno) {
-        case ENOENT:
-        case ENOTDIR:
-        case ESTALE:
-        case ENODEV:
-        case ETIMEDOUT:
-            continue;
-        case EACCES:
-            if (failed_errno != EACCES) {
-                failed_errno = EACCES;
-                failed_path = paths[i];
-            }
-            continue;
-        default:
+        if (!pc_exec_search_goes_on(&search, errno, paths[i]))
             return pc_fail(err, PC_STEP_EXEC, errno, paths[i]);
-        }
     }
-    return pc_fail(err, PC_STEP_EXEC, failed_errno, failed_path);
+    return pc_fail(err, PC_STEP_EXEC, search.failed_errno, search.failed_path);
 }
 
 /* Run the caller's code for `hook`, if any, bracketed by messages so that

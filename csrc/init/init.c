@@ -48,6 +48,7 @@
 #include <time.h>
 #include <sys/wait.h>
 
+#include "../execsearch.h"
 #include "../internal.h"
 #include "sys.h"
 #include "waiting.h"
@@ -132,37 +133,24 @@ static void send_status(int fd, int status)
     sys3(SYS_write, fd, &message, sizeof message);
 }
 
-/* As child.c's exec_program (execvpe): try each path, skip the missing,
+/* As child.c's exec_program (execvpe, execsearch.h): try each path, skip the missing,
  * remember a permission error, stop at any other error. Returns only on
  * failure, with err filled. */
 static void exec_program(char *const *paths, long count, char *const *argv, char *const *envp,
                          struct pc_error *err)
 {
-    const char *failed_path = paths[0];
-    int failed_errno = ENOENT;
+    struct pc_exec_search search;
 
+    pc_exec_search_start(&search, paths[0]);
     for (long i = 0; i < count; i++) {
         int errnum = (int)-sys3(SYS_execve, paths[i], argv, envp);
 
-        switch (errnum) {
-        case ENOENT:
-        case ENOTDIR:
-        case ESTALE:
-        case ENODEV:
-        case ETIMEDOUT:
-            continue;
-        case EACCES:
-            if (failed_errno != EACCES) {
-                failed_errno = EACCES;
-                failed_path = paths[i];
-            }
-            continue;
-        default:
+        if (!pc_exec_search_goes_on(&search, errnum, paths[i])) {
             pc_fail(err, PC_STEP_EXEC, errnum, paths[i]);
             return;
         }
     }
-    pc_fail(err, PC_STEP_EXEC, failed_errno, failed_path);
+    pc_fail(err, PC_STEP_EXEC, search.failed_errno, search.failed_path);
 }
 
 /* Close every fd but the init's own: the program's stdio and pass_fds are
