@@ -59,6 +59,24 @@ static PyObject *snapshot(PyObject *seq, const char *what)
     return PySequence_Tuple(seq);
 }
 
+/* A snapshot of `seq` (a new reference), and in *array a zeroed block for
+ * one element of `size` bytes per item and one more (a terminator); NULL
+ * with an exception, and nothing to release, on failure. */
+static PyObject *snapshot_with_array(PyObject *seq, const char *what, size_t size, void **array)
+{
+    PyObject *items = snapshot(seq, what);
+
+    if (items == NULL)
+        return NULL;
+    *array = PyMem_Calloc((size_t)PyTuple_GET_SIZE(items) + 1, size);
+    if (*array == NULL) {
+        Py_DECREF(items);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    return items;
+}
+
 /* A NULL-terminated array of C strings, allocated in one block with the
  * strings after the pointers. */
 struct string_array {
@@ -145,18 +163,14 @@ struct int_array {
 
 static int convert_int_array(PyObject *seq, struct int_array *out, const char *what)
 {
-    PyObject *items = snapshot(seq, what);
+    void *block;
+    PyObject *items = snapshot_with_array(seq, what, sizeof(int), &block);
     Py_ssize_t n;
 
     if (items == NULL)
         return -1;
+    out->items = block;
     n = PyTuple_GET_SIZE(items);
-    out->items = PyMem_New(int, (size_t)n + 1);
-    if (out->items == NULL) {
-        Py_DECREF(items);
-        PyErr_NoMemory();
-        return -1;
-    }
     for (Py_ssize_t i = 0; i < n; i++) {
         long long value;
 
@@ -198,18 +212,14 @@ static int convert_u64(PyObject *value, unsigned long long *out, const char *wha
 /* rlimits: a list of (resource, soft, hard). */
 static int convert_rlimits(PyObject *seq, struct pc_rlimit **out, size_t *count)
 {
-    PyObject *items = snapshot(seq, "rlimits");
+    void *block;
+    PyObject *items = snapshot_with_array(seq, "rlimits", sizeof(struct pc_rlimit), &block);
     Py_ssize_t n;
 
     if (items == NULL)
         return -1;
+    *out = block;
     n = PyTuple_GET_SIZE(items);
-    *out = PyMem_New(struct pc_rlimit, (size_t)n + 1);
-    if (*out == NULL) {
-        Py_DECREF(items);
-        PyErr_NoMemory();
-        return -1;
-    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyTuple_GET_ITEM(items, i);
         long long resource;
@@ -235,18 +245,14 @@ fail:
 /* groups: None, or a list of gids. */
 static int convert_groups(PyObject *seq, gid_t **out, size_t *count)
 {
-    PyObject *items = snapshot(seq, "groups");
+    void *block;
+    PyObject *items = snapshot_with_array(seq, "groups", sizeof(gid_t), &block);
     Py_ssize_t n;
 
     if (items == NULL)
         return -1;
+    *out = block;
     n = PyTuple_GET_SIZE(items);
-    *out = PyMem_New(gid_t, (size_t)n + 1);
-    if (*out == NULL) {
-        Py_DECREF(items);
-        PyErr_NoMemory();
-        return -1;
-    }
     for (Py_ssize_t i = 0; i < n; i++) {
         long long gid;
 
@@ -260,33 +266,6 @@ static int convert_groups(PyObject *seq, gid_t **out, size_t *count)
     }
     *count = (size_t)n;
     Py_DECREF(items);
-    return 0;
-}
-
-/* bytes (no NUL inside) or None to an owned C string or NULL. */
-static int convert_optional_string(PyObject *value, char **out, const char *what)
-{
-    size_t length;
-
-    *out = NULL;
-    if (value == Py_None)
-        return 0;
-    if (!PyBytes_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "%s must be bytes or None, not %.100s", what,
-                     Py_TYPE(value)->tp_name);
-        return -1;
-    }
-    length = (size_t)PyBytes_GET_SIZE(value);
-    if (length != strlen(PyBytes_AS_STRING(value))) {
-        PyErr_Format(PyExc_ValueError, "%s must not contain a NUL byte", what);
-        return -1;
-    }
-    *out = PyMem_Malloc(length + 1);
-    if (*out == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    memcpy(*out, PyBytes_AS_STRING(value), length + 1);
     return 0;
 }
 
@@ -315,6 +294,21 @@ static char *copy_bytes(PyObject *value, const char *what)
     return copy;
 }
 
+/* bytes (no NUL inside) or None to an owned C string or NULL. */
+static int convert_optional_string(PyObject *value, char **out, const char *what)
+{
+    *out = NULL;
+    if (value == Py_None)
+        return 0;
+    if (!PyBytes_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be bytes or None, not %.100s", what,
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    *out = copy_bytes(value, what);
+    return *out == NULL ? -1 : 0;
+}
+
 /* binds: a list of (source: bytes, source_fd: int, target: bytes,
  * read_only: bool), copied; free_binds releases the strings too. */
 static void free_binds(struct pc_bind *binds, size_t count)
@@ -328,18 +322,14 @@ static void free_binds(struct pc_bind *binds, size_t count)
 
 static int convert_binds(PyObject *list, struct pc_bind **out, size_t *count)
 {
-    PyObject *items = snapshot(list, "binds");
+    void *block;
+    PyObject *items = snapshot_with_array(list, "binds", sizeof(struct pc_bind), &block);
     Py_ssize_t n;
 
     if (items == NULL)
         return -1;
+    *out = block;
     n = PyTuple_GET_SIZE(items);
-    *out = PyMem_Calloc((size_t)n + 1, sizeof(struct pc_bind));
-    if (*out == NULL) {
-        Py_DECREF(items);
-        PyErr_NoMemory();
-        return -1;
-    }
     /* Zeroed: free_binds(*out, *count) is right whenever this stops. */
     *count = (size_t)n;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -377,18 +367,14 @@ static void free_tmpfs(struct pc_tmpfs *mounts, size_t count)
 
 static int convert_tmpfs(PyObject *list, struct pc_tmpfs **out, size_t *count)
 {
-    PyObject *items = snapshot(list, "tmpfs");
+    void *block;
+    PyObject *items = snapshot_with_array(list, "tmpfs", sizeof(struct pc_tmpfs), &block);
     Py_ssize_t n;
 
     if (items == NULL)
         return -1;
+    *out = block;
     n = PyTuple_GET_SIZE(items);
-    *out = PyMem_Calloc((size_t)n + 1, sizeof(struct pc_tmpfs));
-    if (*out == NULL) {
-        Py_DECREF(items);
-        PyErr_NoMemory();
-        return -1;
-    }
     *count = (size_t)n; /* zeroed: free_tmpfs(*out, *count) is right */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyTuple_GET_ITEM(items, i);
