@@ -130,11 +130,9 @@ def _kernel_version() -> tuple[int, ...]:
 
 
 def _has_cap_sys_admin() -> bool:
-    status = _read("/proc/self/status") or ""
-    for line in status.splitlines():
-        if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) & (1 << 21))  # CAP_SYS_ADMIN
-    return False
+    from . import _privileges
+
+    return bool((_privileges.own_capabilities("CapEff") or 0) & (1 << 21))  # CAP_SYS_ADMIN
 
 
 def _syscall_available(number: int) -> tuple[bool | None, str]:

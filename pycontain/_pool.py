@@ -479,7 +479,7 @@ class Pool:
         have it)."""
         if self.container._plan.userns:
             return None
-        if not _privileges.effective_capabilities() >> _CAP_SYS_NICE & 1:
+        if not (_privileges.own_capabilities("CapEff") or 0) >> _CAP_SYS_NICE & 1:
             # Nor without CAP_SYS_NICE (Docker's default set lacks it): the
             # entries could not set the niceness back either.
             return None

@@ -106,30 +106,25 @@ def last_capability() -> int:
         return _NUMBERS["CAP_CHECKPOINT_RESTORE"]
 
 
+def own_capabilities(field: Literal["CapPrm", "CapEff"]) -> int | None:
+    """One of this process's capability sets, read now from /proc/self/status
+    ("CapPrm": permitted, "CapEff": effective); None if it cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 @cache
 def caller_capabilities() -> int:
     """This process's permitted capabilities (read once: a container gets
     at most these; if they shrink later, the child's capset says so)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapPrm:"):
-                    return int(line.split()[1], 16)
-    except (OSError, ValueError):
-        pass
-    return (1 << (last_capability() + 1)) - 1
-
-
-def effective_capabilities() -> int:
-    """This process's effective capabilities, read now (0 if unreadable)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except (OSError, ValueError):
-        pass
-    return 0
+    permitted = own_capabilities("CapPrm")
+    return (1 << (last_capability() + 1)) - 1 if permitted is None else permitted
 
 
 def capability_number(name: object) -> int:

@@ -28,6 +28,8 @@ import re
 import resource
 from collections.abc import Iterable, Sequence
 
+from . import _privileges
+
 __all__ = [
     "caller_has_sys_admin",
     "check_directories",
@@ -59,14 +61,8 @@ def caller_has_sys_admin() -> bool:
 
 @functools.cache
 def _has_sys_admin(euid: int) -> bool:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> _CAP_SYS_ADMIN & 1)
-    except (OSError, ValueError):
-        pass
-    return os.geteuid() == 0
+    effective = _privileges.own_capabilities("CapEff")
+    return euid == 0 if effective is None else bool(effective >> _CAP_SYS_ADMIN & 1)
 
 
 def resolve(userns: object) -> bool:
