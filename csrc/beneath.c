@@ -24,6 +24,8 @@
 #include <linux/openat2.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -93,6 +95,25 @@ void pc_tmpfs_options(char options[PC_TMPFS_OPTIONS_MAX], unsigned int mode,
     number[format_decimal(number, inodes)] = '\0';
     append_text(options, &used, ",nr_inodes=");
     append_text(options, &used, number);
+}
+
+unsigned long pc_locked_mount_flags(const struct statfs *source)
+{
+    unsigned long flags = 0;
+
+    if (source->f_flags & ST_RDONLY)
+        flags |= MS_RDONLY;
+    if (source->f_flags & ST_NOEXEC)
+        flags |= MS_NOEXEC;
+    if (source->f_flags & ST_NOATIME)
+        flags |= MS_NOATIME;
+    else if (source->f_flags & ST_RELATIME)
+        flags |= MS_RELATIME;
+    else
+        flags |= MS_STRICTATIME;
+    if (source->f_flags & ST_NODIRATIME)
+        flags |= MS_NODIRATIME;
+    return flags;
 }
 
 int pc_mount_on_fd(const char *source, int target_fd, const char *fstype, unsigned long flags,

@@ -56,20 +56,9 @@ static int mount_bind(const struct pc_bind *bind, const struct pc_root *root, st
     if (fstat(bind->source_fd, &info) < 0 || fstatfs(bind->source_fd, &source_flags) < 0)
         return pc_fail(err, PC_STEP_MOUNT_BIND, errno, bind->source);
     kind = S_ISDIR(info.st_mode) ? PC_NODE_DIRECTORY : PC_NODE_FILE;
-    if (bind->read_only || (source_flags.f_flags & ST_RDONLY))
+    if (bind->read_only)
         flags |= MS_RDONLY;
-    if (source_flags.f_flags & ST_NOEXEC)
-        flags |= MS_NOEXEC;
-    /* The source's access-time mode too: in a user namespace a mount of the
-     * host keeps it locked, and a remount that changed it would be refused. */
-    if (source_flags.f_flags & ST_NOATIME)
-        flags |= MS_NOATIME;
-    else if (source_flags.f_flags & ST_RELATIME)
-        flags |= MS_RELATIME;
-    else
-        flags |= MS_STRICTATIME;
-    if (source_flags.f_flags & ST_NODIRATIME)
-        flags |= MS_NODIRATIME;
+    flags |= pc_locked_mount_flags(&source_flags);
     pc_fd_path(&source, bind->source_fd);
     if (pc_mount_beneath(root->fd, bind->target, kind, 0755, root->force_walk, source.text, NULL,
                          MS_BIND, NULL, PC_STEP_MOUNT_BIND, err) < 0)

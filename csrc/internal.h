@@ -265,6 +265,12 @@ void pc_tmpfs_options(char options[PC_TMPFS_OPTIONS_MAX], unsigned int mode,
  * on failure. */
 int pc_open_beneath(int base, const char *path, enum pc_node kind, int create, mode_t mode,
                     int force_walk);
+/* The flags of a mount (its statfs) that a bind of it must repeat when it
+ * is remounted: in a user namespace a mount of the host keeps them locked
+ * (read-only, noexec, its access-time mode), and a remount that changed one
+ * would be refused. */
+struct statfs;
+unsigned long pc_locked_mount_flags(const struct statfs *source);
 /* mount(2) with the target given as an fd (through /proc/self/fd). */
 int pc_mount_on_fd(const char *source, int target_fd, const char *fstype, unsigned long flags,
                    const void *data);

@@ -77,16 +77,7 @@ static int seal_device(int dev, const char *path, int source)
 
     if (fstatfs(source, &host) < 0)
         return errno;
-    if (host.f_flags & ST_RDONLY)
-        flags |= MS_RDONLY;
-    if (host.f_flags & ST_NOATIME)
-        flags |= MS_NOATIME;
-    else if (host.f_flags & ST_RELATIME)
-        flags |= MS_RELATIME;
-    else
-        flags |= MS_STRICTATIME;
-    if (host.f_flags & ST_NODIRATIME)
-        flags |= MS_NODIRATIME;
+    flags |= pc_locked_mount_flags(&host);
     /* Opened again: the remount applies to the bind at its root. */
     bound = pc_openat_nocancel(dev, path + 5, O_PATH | O_NOFOLLOW | O_CLOEXEC);
     if (bound < 0)
